@@ -81,7 +81,9 @@ class SpecialistRenderer:
     """The appliance's own prompt format for models without a tool-capable chat template."""
 
     name = "reckon-specialist-v1"
-    stop = [END]
+    # Stopping at the call's closing tag keeps a base model from writing an imagined tool
+    # result after its call; one call per turn is what the packs ask for.
+    stop = [CALL_CLOSE, END]
     end_of_turn = END
 
     def __init__(self, tool_style: str = "full"):
@@ -158,6 +160,8 @@ class SpecialistRenderer:
     # -- parsing ----------------------------------------------------------------------------
 
     def parse(self, text: str) -> ParsedOutput:
+        if CALL_OPEN in text and CALL_CLOSE not in text.split(CALL_OPEN)[-1]:
+            text = text + CALL_CLOSE      # the stop sequence is not part of the output
         return parse_text_tool_calls(text)
 
 

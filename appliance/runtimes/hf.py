@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from appliance.errors import ConfigError
-from appliance.models import file_digest, folder_digest, load_causal_lm, load_tokenizer, resolve_base
+from appliance.models import folder_digest, load_causal_lm, load_tokenizer, resolve_base
 from appliance.runtimes.base import (CompletionRuntime, ContextOverflow, Generation, Sampling)
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class TransformersRuntime(CompletionRuntime):
                                   f"exceeds the context window of {self.context_length}",
                                   longest, self.context_length)
         options = dict(max_new_tokens=sampling.max_tokens, eos_token_id=self.end_ids,
-                       pad_token_id=self.tokenizer.pad_token_id)
+                       pad_token_id=self.tokenizer.pad_token_id,
+                       stop_strings=self.renderer.stop, tokenizer=self.tokenizer)
         if sampling.temperature > 0:
             torch.manual_seed(sampling.seed)
             options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
@@ -99,5 +100,9 @@ class TransformersRuntime(CompletionRuntime):
                     break
             new_tokens = [t for t in new_tokens if t != self.tokenizer.pad_token_id]
             text = self.tokenizer.decode(new_tokens, skip_special_tokens=False)
+            for stop in self.renderer.stop:
+                if stop in text:
+                    text = text[:text.index(stop)]
+                    finish = "stop"
             results.append((text, prompt_length, len(new_tokens), finish))
         return results
