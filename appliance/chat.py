@@ -70,8 +70,13 @@ class ToolCall:
                 "function": {"name": self.name, "arguments": canonical_json(self.arguments)}}
 
     def to_text(self) -> str:
-        """The call as the specialist format writes it (a JSON object on one line)."""
-        return canonical_json({"name": self.name, "arguments": self.arguments})
+        """The call as the specialist format writes it: one line, the name first.
+
+        The name comes before the arguments so that a model decides which tool to call
+        before it writes arguments, and the arguments' keys are sorted.
+        """
+        arguments = canonical_json(self.arguments)
+        return f'{{"name": {json.dumps(self.name, ensure_ascii=False)}, "arguments": {arguments}}}'
 
 
 def assistant_message(tool_calls: list[ToolCall], content: str | None = None,

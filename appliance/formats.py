@@ -5,22 +5,23 @@ supplies one, the *specialist format* (name: "reckon-specialist-v1"). Harness, c
 training, eval and serving must all render through the same `Renderer`; datasets, eval
 results and bundles record `renderer.name` so a mismatch is detectable.
 
-Specialist format, one turn per message, Gemma's turn markers as delimiters:
+The format is a plain transcript, because a base model continues a transcript from a few
+demonstrations (the pack's full prompt shows some in this exact form), and a fine-tuned
+adapter learns it in a few hundred steps:
 
-    <start_of_turn>system
     {system prompt}
     # Tools
-    {tool listing}<end_of_turn>
-    <start_of_turn>user
-    {request}<end_of_turn>
-    <start_of_turn>model
-    <tool_call>{"arguments": {...}, "name": "lookup_rate"}</tool_call><end_of_turn>
-    <start_of_turn>tool
-    {"name": "lookup_rate", "result": ...}<end_of_turn>
-    <start_of_turn>model
+    {tool listing}
 
-The generation prompt ends with "model\\n", a token boundary: a prompt that ends in a
-space makes this base model emit digits. Generation stops at "<end_of_turn>".
+    User: {request}
+    Model: <tool_call>{"name": "lookup_rate", "arguments": {...}}</tool_call><end_of_turn>
+    Tool: {"name": "lookup_rate", "result": ...}
+    Model:
+
+Each model turn ends with Gemma's <end_of_turn> token, which training supervises as the
+end of the action. The generation prompt ends with "Model:", a token boundary: a prompt
+that ends in a space makes this base model emit digits. Generation stops at </tool_call>,
+<end_of_turn> or the start of another transcript line.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from typing import Any
 
 from appliance.chat import ArgumentsError, ToolCall, canonical_json, parse_arguments
 
-START = "<start_of_turn>"
 END = "<end_of_turn>"
+USER = "User:"
+MODEL = "Model:"
+TOOL = "Tool:"
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 
@@ -83,7 +86,7 @@ class SpecialistRenderer:
     name = "reckon-specialist-v1"
     # Stopping at the call's closing tag keeps a base model from writing an imagined tool
     # result after its call; one call per turn is what the packs ask for.
-    stop = [CALL_CLOSE, END]
+    stop = [CALL_CLOSE, END, "\nUser:", "\nTool:", "\nModel:"]
     end_of_turn = END
 
     def __init__(self, tool_style: str = "full"):
@@ -134,24 +137,24 @@ class SpecialistRenderer:
         if listing:
             system_text = f"{system_text}\n# Tools\n{listing}" if system_text else f"# Tools\n{listing}"
         if system_text:
-            append(f"{START}system\n{system_text}{END}\n")
+            append(f"{system_text}\n\n")
 
         for message in rest:
             role = message.get("role")
             if role == "user":
-                append(f"{START}user\n{message.get('content') or ''}{END}\n")
+                append(f"{USER} {message.get('content') or ''}\n")
             elif role == "assistant":
-                append(f"{START}model\n")
-                append(self.render_action(message) + END, supervised=True)
+                append(MODEL)
+                append(" " + self.render_action(message) + END, supervised=True)
                 append("\n")
             elif role == "tool":
-                append(f"{START}tool\n{self.render_tool_result(message)}{END}\n")
+                append(f"{TOOL} {self.render_tool_result(message)}\n")
             elif role == "system":
-                append(f"{START}system\n{message.get('content') or ''}{END}\n")
+                append(f"{message.get('content') or ''}\n")
             else:
                 raise ValueError(f"message role {role!r} is not one of system, user, assistant, tool")
         if add_generation_prompt:
-            append(f"{START}model\n")
+            append(MODEL)
         return Rendered("".join(pieces), spans)
 
     def render_prompt(self, messages: list[dict], tools: list[dict]) -> str:

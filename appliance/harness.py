@@ -3,7 +3,10 @@
 `AgentLoop.run_task` drives one conversation: the model sees the system prompt, the tools and
 the history and emits tool calls; each call's arguments are validated against the tool's JSON
 Schema, the tool runs with a timeout, and its result goes back to the model, until a terminal
-tool (answer, refuse, escalate), the step limit or the token limit. Every failure becomes an
+tool (answer, refuse, escalate), the step limit or the token limit. With `step_samples` K > 1 each step draws up to K
+candidate actions and keeps the first that a step verifier accepts (step-level rejection
+sampling: a weak teacher then yields far more verified traces per minute than whole-trace
+sampling). Every failure becomes an
 entry in the trace's `errors` with its kind, and never escapes as an exception:
 
     unparseable_output   the output holds no parseable tool call
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 
 UNPARSEABLE_FEEDBACK = (
     "Your last reply did not contain a valid tool call. Reply with exactly one tool call in "
-    "the form <tool_call>{\"arguments\": {...}, \"name\": \"TOOL\"}</tool_call>."
+    "the form <tool_call>{\"name\": \"TOOL\", \"arguments\": {...}}</tool_call>."
 )
 
 
@@ -52,6 +55,16 @@ UNPARSEABLE_FEEDBACK = (
 class Limits:
     max_steps: int = 8
     max_total_tokens: int = 32_000
+
+
+@dataclass
+class Attempt:
+    """One candidate action at one step: the messages it adds and what went wrong."""
+
+    step_fields: dict = field(default_factory=dict)
+    messages: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    terminal: str | None = None
 
 
 @dataclass
@@ -82,8 +95,11 @@ class AgentLoop:
     """Runs one task against a runtime with the pack's tools."""
 
     def __init__(self, pack: Pack, runtime: Runtime, sampling: Sampling,
-                 limits: Limits | None = None, prompt: str = "full"):
+                 limits: Limits | None = None, prompt: str = "full", step_samples: int = 1):
         self.pack = pack
+        # NOTE: with step_samples > 1 the tool calls of rejected candidates are executed
+        # too, which is only safe for tools without side effects (true of the shipped pack).
+        self.step_samples = max(1, step_samples)
         self.runtime = runtime
         self.sampling = sampling
         self.limits = limits or Limits()
@@ -112,35 +128,18 @@ class AgentLoop:
         for step in range(self.limits.max_steps):
             step_record: dict[str, Any] = {"index": step}
             record.steps.append(step_record)
-            try:
-                generation = self.runtime.chat(messages, self.tools, sampling)
-            except ContextOverflow as error:
-                self._fail(record, step_record, "context_overflow", str(error))
-                record.outcome = "context_overflow"
+            attempt, ended = self._step(task, messages, step, sampling, record, step_record)
+            if ended:
                 break
-            except RuntimeFailure as error:
-                self._fail(record, step_record, "runtime_error", str(error))
-                record.outcome = "runtime_error"
+            record.errors.extend(attempt.errors)
+            step_record.update(attempt.step_fields)
+            if attempt.errors:
+                step_record["errors"] = [{"kind": e["kind"], "message": e["message"]}
+                                         for e in attempt.errors]
+            messages.extend(attempt.messages)
+            if attempt.terminal is not None:
+                record.outcome = outcome_of(attempt.terminal)
                 break
-
-            step_record.update(prompt_tokens=generation.prompt_tokens,
-                               completion_tokens=generation.completion_tokens,
-                               latency_s=round(generation.latency_s, 4),
-                               raw_output=generation.text, finish_reason=generation.finish_reason)
-            record.prompt_tokens += generation.prompt_tokens
-            record.completion_tokens += generation.completion_tokens
-
-            if generation.parse_error or not generation.tool_calls:
-                reason = generation.parse_error or "no tool call in output"
-                self._fail(record, step_record, "unparseable_output", reason)
-                messages.append({"role": "assistant", "content": generation.text})
-                messages.append({"role": "user", "content": UNPARSEABLE_FEEDBACK})
-            else:
-                messages.append(assistant_message(generation.tool_calls, generation.content, step))
-                terminal = self._execute_calls(record, step_record, messages)
-                if terminal is not None:
-                    record.outcome = outcome_of(terminal)
-                    break
 
             if record.prompt_tokens + record.completion_tokens > self.limits.max_total_tokens:
                 self._fail(record, step_record, "token_limit",
@@ -157,27 +156,106 @@ class AgentLoop:
         record.rule_verdicts = self.pack.verdicts(TraceView(task, messages, record.outcome))
         return record
 
-    def _execute_calls(self, record: TraceRecord, step_record: dict,
-                       messages: list[dict]) -> str | None:
-        """Run each call of the last assistant message; return the terminal tool's name."""
-        terminal = None
-        for raw_call in messages[-1]["tool_calls"]:
+    def _step(self, task: dict, messages: list[dict], step: int, sampling: Sampling,
+              record: TraceRecord, step_record: dict) -> tuple["Attempt | None", bool]:
+        """Draw up to `step_samples` candidate actions and keep the first the verifier accepts.
+
+        Returns (attempt, ended); ended is True when the backend failed and the trace is over.
+        With step_samples == 1 the first candidate is always kept.
+        """
+        rejections: list[str] = []
+        attempt = None
+        for candidate in range(self.step_samples):
+            candidate_sampling = sampling
+            if candidate > 0:
+                # Later candidates are sampled, each with its own seed, so they differ.
+                candidate_sampling = Sampling(**{**sampling.to_dict(),
+                                                 "temperature": max(sampling.temperature, 0.8),
+                                                 "seed": sampling.seed + 104729 * candidate})
+            try:
+                generation = self.runtime.chat(messages, self.tools, candidate_sampling)
+            except ContextOverflow as error:
+                self._fail(record, step_record, "context_overflow", str(error))
+                record.outcome = "context_overflow"
+                return None, True
+            except RuntimeFailure as error:
+                self._fail(record, step_record, "runtime_error", str(error))
+                record.outcome = "runtime_error"
+                return None, True
+            record.prompt_tokens += generation.prompt_tokens
+            record.completion_tokens += generation.completion_tokens
+            attempt = self._attempt(generation, messages, step)
+            if self.step_samples == 1:
+                return attempt, False
+            reason = self._reject_reason(task, messages, attempt)
+            if reason is None:
+                break
+            rejections.append(reason)
+        # When every candidate was rejected the last one is kept, and the trace will fail
+        # verification in curation with the same reason.
+        step_record["candidates"] = min(len(rejections) + 1, self.step_samples)
+        step_record["rejections"] = rejections
+        return attempt, False
+
+    def _attempt(self, generation, messages: list[dict], step: int) -> "Attempt":
+        """Turn one generation into the messages it adds, running its tool calls."""
+        attempt = Attempt(step_fields={
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "latency_s": round(generation.latency_s, 4), "raw_output": generation.text,
+            "finish_reason": generation.finish_reason})
+        if generation.parse_error or not generation.tool_calls:
+            reason = generation.parse_error or "no tool call in output"
+            attempt.errors.append({"step": step, "kind": "unparseable_output", "message": reason})
+            attempt.messages = [{"role": "assistant", "content": generation.text},
+                                {"role": "user", "content": UNPARSEABLE_FEEDBACK}]
+            return attempt
+        call_message = assistant_message(generation.tool_calls, generation.content, step)
+        attempt.messages.append(call_message)
+        for raw_call in call_message["tool_calls"]:
             name = raw_call["function"]["name"]
             arguments = json.loads(raw_call["function"]["arguments"])
-            result = self._execute(record, step_record, name, arguments)
-            messages.append(tool_message(raw_call["id"], name, result))
+            result, error = self._execute(name, arguments)
+            if error is not None:
+                attempt.errors.append({"step": step, **error})
+            attempt.messages.append(tool_message(raw_call["id"], name, result))
             tool = self.pack.tools.get(name)
-            if tool is not None and tool.terminal and "error" not in result:
-                terminal = name
-        return terminal
+            if tool is not None and tool.terminal and error is None:
+                attempt.terminal = name
+        return attempt
 
-    def _execute(self, record: TraceRecord, step_record: dict, name: str,
-                 arguments: dict) -> dict:
+    def _reject_reason(self, task: dict, messages: list[dict], attempt: "Attempt") -> str | None:
+        """Step verifier for step-level rejection sampling; None accepts the candidate.
+
+        A candidate is rejected when it has any loop error, when it calls a tool other than
+        the next one in the task's `expected.calls` (if the task lists them), or when it ends
+        the trace and a rule checker or the task checker then fails.
+        """
+        if attempt.errors:
+            return f"{attempt.errors[0]['kind']}: {attempt.errors[0]['message']}"[:200]
+        expected = (task.get("expected") or {}).get("calls")
+        if expected:
+            made = sum(len(m.get("tool_calls") or []) for m in messages if m["role"] == "assistant")
+            for offset, message in enumerate(m for m in attempt.messages if m["role"] == "assistant"):
+                for index, call in enumerate(message.get("tool_calls") or []):
+                    position = made + index
+                    name = call["function"]["name"]
+                    if position >= len(expected) or expected[position] != name:
+                        wanted = expected[position] if position < len(expected) else "(no more calls)"
+                        return f"called {name}, expected {wanted}"
+        if attempt.terminal is not None:
+            view = TraceView(task, messages + attempt.messages, outcome_of(attempt.terminal))
+            for rule_id, verdict in self.pack.verdicts(view).items():
+                if verdict["passed"] is False:
+                    return f"{rule_id}: {verdict['reason']}"[:200]
+        return None
+
+    def _execute(self, name: str, arguments: dict) -> tuple[dict, dict | None]:
+        """Run one tool call; return (result for the model, error entry or None)."""
         tool = self.pack.tools.get(name)
         if tool is None:
             message = f"unknown tool {name!r}; available tools: {', '.join(self.pack.tools)}"
-            self._fail(record, step_record, "unknown_tool", message)
-            return {"error": message}
+            return {"error": message}, {"kind": "unknown_tool", "message": message}
 
         errors = sorted(self.validators[name].iter_errors(arguments), key=lambda e: list(e.path))
         if errors:
@@ -185,8 +263,7 @@ class AgentLoop:
             kind = "wrong_argument_type" if first.validator == "type" else "invalid_arguments"
             where = ".".join(str(p) for p in first.path) or "(arguments)"
             message = f"{name}: {where}: {first.message}"
-            self._fail(record, step_record, kind, message)
-            return {"error": message}
+            return {"error": message}, {"kind": kind, "message": message}
 
         context = self.context()
         future = self._executor.submit(tool.function, context, **arguments)
@@ -196,16 +273,14 @@ class AgentLoop:
             # NOTE: a Python thread cannot be killed; a tool that never returns keeps its
             # worker thread busy until the process exits.
             message = f"{name} timed out after {tool.timeout_s:g} s"
-            self._fail(record, step_record, "timeout", message)
-            return {"error": message}
+            return {"error": message}, {"kind": "timeout", "message": message}
         except ToolError as error:
-            self._fail(record, step_record, "tool_error", f"{name}: {error}")
-            return {"error": str(error)}
+            return {"error": str(error)}, {"kind": "tool_error", "message": f"{name}: {error}"}
         except Exception as error:  # noqa: BLE001 - a crashing tool is recorded, not raised
             log.warning("tool %s raised %s: %s", name, type(error).__name__, error)
-            self._fail(record, step_record, "tool_error", f"{name}: {type(error).__name__}: {error}")
-            return {"error": f"{type(error).__name__}: {error}"}
-        return value if isinstance(value, dict) else {"result": value}
+            message = f"{name}: {type(error).__name__}: {error}"
+            return {"error": f"{type(error).__name__}: {error}"}, {"kind": "tool_error", "message": message}
+        return (value if isinstance(value, dict) else {"result": value}), None
 
     @staticmethod
     def _fail(record: TraceRecord, step_record: dict, kind: str, message: str) -> None:
@@ -234,12 +309,14 @@ def trace_row(run: dict, record: TraceRecord, tools: list[dict]) -> dict:
 
 
 def create_run(store: Store, pack: Pack, runtime: Runtime, *, tasks: list[dict], samples: int,
-               concurrency: int, sampling: Sampling, limits: Limits, prompt: str) -> dict:
+               concurrency: int, sampling: Sampling, limits: Limits, prompt: str,
+               step_samples: int = 1) -> dict:
     run = {
         "id": new_id("run"), "pack_id": pack.id, "pack_version": pack.version,
         "pack_digest": pack.digest, "teacher": runtime.identity(), "sampling": sampling.to_dict(),
         "config": {"tasks": tasks, "samples": samples, "concurrency": concurrency,
-                   "limits": limits.__dict__, "prompt": prompt, "pack_path": str(pack.path)},
+                   "limits": limits.__dict__, "prompt": prompt, "pack_path": str(pack.path),
+                   "step_samples": step_samples},
         "tools": pack.openai_tools(), "status": "running", "created_at": now(),
         "updated_at": now(), "n_tasks": len(tasks), "n_samples": samples, "n_traces": 0,
     }
@@ -271,7 +348,8 @@ def execute_run(store: Store, run: dict, pack: Pack, runtime: Runtime,
     """Run the pending work of `run`, writing each trace as soon as it finishes."""
     limits = Limits(**run["config"]["limits"])
     sampling = Sampling.from_dict(run["sampling"])
-    loop = AgentLoop(pack, runtime, sampling, limits, prompt=run["config"]["prompt"])
+    loop = AgentLoop(pack, runtime, sampling, limits, prompt=run["config"]["prompt"],
+                     step_samples=run["config"].get("step_samples", 1))
     work = pending_work(store, run)
     total = run["n_tasks"] * run["n_samples"]
     finished = total - len(work)
@@ -326,7 +404,7 @@ def execute_run(store: Store, run: dict, pack: Pack, runtime: Runtime,
 def start_run(workspace: Workspace, *, pack: str, teacher: str, tasks: int, samples: int = 1,
               concurrency: int = 1, temperature: float | None = None, max_tokens: int = 256,
               seed: int = 0, prompt: str = "full", max_steps: int = 8,
-              task_source: str | None = None,
+              task_source: str | None = None, step_samples: int = 1,
               progress: Callable[[int, int, dict], None] | None = None) -> dict:
     if tasks < 1:
         raise ReckonError(f"--tasks must be at least 1, got {tasks}")
@@ -342,7 +420,8 @@ def start_run(workspace: Workspace, *, pack: str, teacher: str, tasks: int, samp
         task_list = pack_obj.tasks(tasks, seed=seed, source=task_source)
         run = create_run(store, pack_obj, runtime, tasks=task_list, samples=samples,
                          concurrency=concurrency, sampling=sampling,
-                         limits=Limits(max_steps=max_steps), prompt=prompt)
+                         limits=Limits(max_steps=max_steps), prompt=prompt,
+                         step_samples=step_samples)
         return execute_run(store, run, pack_obj, runtime, progress)
     finally:
         runtime.close()

@@ -38,13 +38,13 @@ def test_spans_cover_action_and_end_marker():
     assert len(rendered.supervised_spans) == 1
     start, end = rendered.supervised_spans[0]
     target = rendered.text[start:end]
-    assert target == '<tool_call>{"arguments": {"award": "A"}, "name": "lookup_rate"}</tool_call><end_of_turn>'
-    assert rendered.text[:start].endswith("<start_of_turn>model\n")
+    assert target == ' <tool_call>{"name": "lookup_rate", "arguments": {"award": "A"}}</tool_call><end_of_turn>'
+    assert rendered.text[:start].endswith("\nModel:")
 
 
 def test_generation_prompt_ends_at_newline():
     prompt = SpecialistRenderer().render_prompt(conversation({"award": "A"}), TOOLS)
-    assert prompt.endswith("<start_of_turn>model\n")
+    assert prompt.endswith("\nModel:")
     assert not prompt.endswith(" ")
 
 

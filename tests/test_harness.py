@@ -171,3 +171,32 @@ def test_run_interrupted_then_resumed(workspace, tiny_pack):
     rows = list(store.rows("traces", "run_id = ?", [run_row["id"]]))
     assert len(rows) == 5
     assert len({r["task_id"] for r in rows}) == 5
+
+
+def test_step_rejection_sampling_keeps_verified_actions(tiny_pack):
+    task = {**TASK, "expected": {**TASK["expected"], "calls": ["add", "answer"]}}
+    runtime = ScriptedRuntime([call("answer", text="9"), call("add", a=2, b=3),
+                               call("answer", text="It is 7"), call("answer", text="It is 5")])
+    loop = AgentLoop(tiny_pack, runtime, Sampling(), Limits(max_steps=4), step_samples=3)
+    record = loop.run_task(task)
+    assert record.outcome == "answer"
+    assert record.errors == []
+    assert record.rule_verdicts["answer-from-sum"]["passed"] is True
+    assert record.steps[0]["candidates"] == 2
+    assert record.steps[0]["rejections"] == ["called answer, expected add"]
+    assert record.steps[1]["candidates"] == 2
+    assert record.steps[1]["rejections"][0].startswith("answer-from-sum:")
+    assistant_calls = [m["tool_calls"][0]["function"]["name"] for m in record.messages
+                       if m["role"] == "assistant"]
+    assert assistant_calls == ["add", "answer"]
+    assert len(runtime.prompts) == 4
+
+
+def test_step_rejection_sampling_exhausted_keeps_last(tiny_pack):
+    task = {**TASK, "expected": {**TASK["expected"], "calls": ["add", "answer"]}}
+    runtime = ScriptedRuntime([call("broken")])
+    loop = AgentLoop(tiny_pack, runtime, Sampling(), Limits(max_steps=1), step_samples=2)
+    record = loop.run_task(task)
+    assert record.steps[0]["candidates"] == 2
+    assert len(record.steps[0]["rejections"]) == 2
+    assert kinds(record) == ["tool_error", "step_limit"]

@@ -122,16 +122,17 @@ def test_full_prompt_demonstrations_match_real_tools(ctx):
         if not line.startswith("Model: <tool_call>"):
             continue
         body = line[len("Model: <tool_call>"):]
-        assert body.endswith("</tool_call>")
-        value = json.loads(body[: -len("</tool_call>")])
+        end = "</tool_call><end_of_turn>"
+        assert body.endswith(end), "a model turn ends with the call and <end_of_turn>"
+        value = json.loads(body[: -len(end)])
         call = ToolCall(name=value["name"], arguments=value["arguments"])
-        assert body[: -len("</tool_call>")] == call.to_text(), "not the canonical specialist rendering"
+        assert body[: -len(end)] == call.to_text(), "not the canonical specialist rendering"
         jsonschema.validate(call.arguments, PACK.tools[call.name].parameters)
         result = PACK.tools[call.name].function(ctx, **call.arguments)
         assert lines[index + 1] == "Tool: " + canonical_json({"name": call.name, "result": result})
         calls += 1
     assert calls >= 7
-    demonstrated = set(re.findall(r'"name": "(\w+)"\}</tool_call>', PACK.prompts["full"]))
+    demonstrated = set(re.findall(r'<tool_call>\{"name": "(\w+)"', PACK.prompts["full"]))
     assert demonstrated == set(PACK.tools)
 
 
@@ -141,7 +142,7 @@ def test_full_prompt_demonstrations_pass_every_rule(ctx):
     for block in blocks:
         request = re.search(r"^User: (.*)$", block, re.MULTILINE).group(1)
         steps = []
-        for body in re.findall(r"^Model: <tool_call>(.*)</tool_call>$", block, re.MULTILINE):
+        for body in re.findall(r"^Model: <tool_call>(.*)</tool_call><end_of_turn>$", block, re.MULTILINE):
             value = json.loads(body)
             steps.append((value["name"], value["arguments"]))
         view = run_steps(ctx, {"id": "demo", "request": request}, steps)
