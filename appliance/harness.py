@@ -95,8 +95,15 @@ class AgentLoop:
     """Runs one task against a runtime with the pack's tools."""
 
     def __init__(self, pack: Pack, runtime: Runtime, sampling: Sampling,
-                 limits: Limits | None = None, prompt: str = "full", step_samples: int = 1):
+                 limits: Limits | None = None, prompt: str = "full", step_samples: int = 1,
+                 guide: bool = False):
         self.pack = pack
+        # Guided sampling starts each action with the tool name that the task's
+        # `expected.calls` lists next; the model writes the arguments and answers.
+        self.guide = guide
+        if guide and not runtime.supports_prefix:
+            raise ReckonError(f"guided sampling needs a completion runtime; {runtime.kind} "
+                              "applies its own chat template")
         # NOTE: with step_samples > 1 the tool calls of rejected candidates are executed
         # too, which is only safe for tools without side effects (true of the shipped pack).
         self.step_samples = max(1, step_samples)
@@ -165,6 +172,10 @@ class AgentLoop:
         """
         rejections: list[str] = []
         attempt = None
+        prefix = self._guide_prefix(task, messages)
+        if prefix:
+            step_record["guided_tool"] = prefix.split('"name": "')[1].split('"')[0]
+        sampling_tokens = 0
         for candidate in range(self.step_samples):
             candidate_sampling = sampling
             if candidate > 0:
@@ -173,7 +184,7 @@ class AgentLoop:
                                                  "temperature": max(sampling.temperature, 0.8),
                                                  "seed": sampling.seed + 104729 * candidate})
             try:
-                generation = self.runtime.chat(messages, self.tools, candidate_sampling)
+                generation = self.runtime.chat(messages, self.tools, candidate_sampling, prefix)
             except ContextOverflow as error:
                 self._fail(record, step_record, "context_overflow", str(error))
                 record.outcome = "context_overflow"
@@ -182,20 +193,39 @@ class AgentLoop:
                 self._fail(record, step_record, "runtime_error", str(error))
                 record.outcome = "runtime_error"
                 return None, True
-            record.prompt_tokens += generation.prompt_tokens
-            record.completion_tokens += generation.completion_tokens
+            if attempt is not None:
+                sampling_tokens += generation_tokens
+            generation_tokens = generation.prompt_tokens + generation.completion_tokens
             attempt = self._attempt(generation, messages, step)
             if self.step_samples == 1:
-                return attempt, False
+                break
             reason = self._reject_reason(task, messages, attempt)
             if reason is None:
                 break
             rejections.append(reason)
+        # The trace's token counts are those of the kept actions (what serving would cost);
+        # the rejected candidates' tokens are recorded per step as sampling cost.
+        record.prompt_tokens += attempt.step_fields["prompt_tokens"]
+        record.completion_tokens += attempt.step_fields["completion_tokens"]
+        if self.step_samples == 1:
+            return attempt, False
+        step_record["sampling_tokens"] = sampling_tokens
         # When every candidate was rejected the last one is kept, and the trace will fail
         # verification in curation with the same reason.
         step_record["candidates"] = min(len(rejections) + 1, self.step_samples)
         step_record["rejections"] = rejections
         return attempt, False
+
+    def _guide_prefix(self, task: dict, messages: list[dict]) -> str | None:
+        if not self.guide:
+            return None
+        expected = (task.get("expected") or {}).get("calls") or []
+        made = sum(len(m.get("tool_calls") or []) for m in messages if m["role"] == "assistant")
+        if made >= len(expected):
+            return None
+        # Ends at '"arguments":', a token boundary in the Gemma vocabulary, so the model
+        # continues with ' {"' exactly as the full rendering tokenizes.
+        return f' <tool_call>{{"name": "{expected[made]}", "arguments":'
 
     def _attempt(self, generation, messages: list[dict], step: int) -> "Attempt":
         """Turn one generation into the messages it adds, running its tool calls."""
@@ -310,13 +340,13 @@ def trace_row(run: dict, record: TraceRecord, tools: list[dict]) -> dict:
 
 def create_run(store: Store, pack: Pack, runtime: Runtime, *, tasks: list[dict], samples: int,
                concurrency: int, sampling: Sampling, limits: Limits, prompt: str,
-               step_samples: int = 1) -> dict:
+               step_samples: int = 1, guide: bool = False) -> dict:
     run = {
         "id": new_id("run"), "pack_id": pack.id, "pack_version": pack.version,
         "pack_digest": pack.digest, "teacher": runtime.identity(), "sampling": sampling.to_dict(),
         "config": {"tasks": tasks, "samples": samples, "concurrency": concurrency,
                    "limits": limits.__dict__, "prompt": prompt, "pack_path": str(pack.path),
-                   "step_samples": step_samples},
+                   "step_samples": step_samples, "guide": guide},
         "tools": pack.openai_tools(), "status": "running", "created_at": now(),
         "updated_at": now(), "n_tasks": len(tasks), "n_samples": samples, "n_traces": 0,
     }
@@ -349,7 +379,8 @@ def execute_run(store: Store, run: dict, pack: Pack, runtime: Runtime,
     limits = Limits(**run["config"]["limits"])
     sampling = Sampling.from_dict(run["sampling"])
     loop = AgentLoop(pack, runtime, sampling, limits, prompt=run["config"]["prompt"],
-                     step_samples=run["config"].get("step_samples", 1))
+                     step_samples=run["config"].get("step_samples", 1),
+                     guide=run["config"].get("guide", False))
     work = pending_work(store, run)
     total = run["n_tasks"] * run["n_samples"]
     finished = total - len(work)
@@ -404,7 +435,7 @@ def execute_run(store: Store, run: dict, pack: Pack, runtime: Runtime,
 def start_run(workspace: Workspace, *, pack: str, teacher: str, tasks: int, samples: int = 1,
               concurrency: int = 1, temperature: float | None = None, max_tokens: int = 256,
               seed: int = 0, prompt: str = "full", max_steps: int = 8,
-              task_source: str | None = None, step_samples: int = 1,
+              task_source: str | None = None, step_samples: int = 1, guide: bool = False,
               progress: Callable[[int, int, dict], None] | None = None) -> dict:
     if tasks < 1:
         raise ReckonError(f"--tasks must be at least 1, got {tasks}")
@@ -421,7 +452,7 @@ def start_run(workspace: Workspace, *, pack: str, teacher: str, tasks: int, samp
         run = create_run(store, pack_obj, runtime, tasks=task_list, samples=samples,
                          concurrency=concurrency, sampling=sampling,
                          limits=Limits(max_steps=max_steps), prompt=prompt,
-                         step_samples=step_samples)
+                         step_samples=step_samples, guide=guide)
         return execute_run(store, run, pack_obj, runtime, progress)
     finally:
         runtime.close()

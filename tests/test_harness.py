@@ -200,3 +200,25 @@ def test_step_rejection_sampling_exhausted_keeps_last(tiny_pack):
     assert record.steps[0]["candidates"] == 2
     assert len(record.steps[0]["rejections"]) == 2
     assert kinds(record) == ["tool_error", "step_limit"]
+
+
+def test_guided_sampling_prefixes_expected_tool(tiny_pack):
+    task = {**TASK, "expected": {**TASK["expected"], "calls": ["add", "answer"]}}
+    runtime = ScriptedRuntime([' {"a": 2, "b": 3}}', ' {"text": "It is 5"}}'])
+    loop = AgentLoop(tiny_pack, runtime, Sampling(), Limits(max_steps=3), guide=True)
+    record = loop.run_task(task)
+    assert runtime.prompts[0].endswith('Model: <tool_call>{"name": "add", "arguments":')
+    assert runtime.prompts[1].endswith('Model: <tool_call>{"name": "answer", "arguments":')
+    assert record.outcome == "answer"
+    assert record.errors == []
+    assert [s["guided_tool"] for s in record.steps] == ["add", "answer"]
+    assert record.steps[0]["raw_output"].startswith(' <tool_call>{"name": "add"')
+
+
+def test_guided_sampling_rejects_chat_runtimes(tiny_pack, monkeypatch):
+    from appliance.errors import ReckonError
+
+    runtime = ScriptedRuntime([])
+    monkeypatch.setattr(type(runtime), "supports_prefix", False)
+    with pytest.raises(ReckonError, match="guided sampling needs a completion runtime"):
+        AgentLoop(tiny_pack, runtime, Sampling(), guide=True)

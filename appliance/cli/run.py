@@ -18,6 +18,9 @@ from appliance.cli.output import emit_json, print_table, progress_bar
               help="Samples per task (K > 1 enables rejection sampling during curation).")
 @click.option("--step-samples", type=int, default=1, show_default=True,
               help="Candidate actions drawn per step; the first that passes the step verifier is kept.")
+@click.option("--guide", is_flag=True,
+              help="Start each action with the tool the task expects next (for weak teachers); "
+                   "the model writes arguments and answers, and the trace records it.")
 @click.option("--concurrency", type=int, default=1, show_default=True,
               help="Conversations in flight at once (server backends only).")
 @click.option("--temperature", type=float, default=None,
@@ -31,7 +34,7 @@ from appliance.cli.output import emit_json, print_table, progress_bar
 @click.option("--resume", "resume_id", default=None, metavar="RUN_ID",
               help="Finish an interrupted run instead of starting a new one.")
 @pass_app
-def command(app, pack, teacher, n_tasks, samples, step_samples, concurrency, temperature, max_tokens, max_steps,
+def command(app, pack, teacher, n_tasks, samples, step_samples, guide, concurrency, temperature, max_tokens, max_steps,
             prompt, seed, task_source, resume_id):
     """Run a tool pack's tasks against a teacher model and record every trace."""
     from appliance import jobs
@@ -43,7 +46,7 @@ def command(app, pack, teacher, n_tasks, samples, step_samples, concurrency, tem
         total = None
     else:
         params = dict(pack=pack, teacher=teacher, tasks=n_tasks, samples=samples,
-                      step_samples=step_samples,
+                      step_samples=step_samples, guide=guide,
                       concurrency=concurrency, temperature=temperature, max_tokens=max_tokens,
                       max_steps=max_steps, prompt=prompt, seed=seed, task_source=task_source)
         total = n_tasks * samples

@@ -75,6 +75,8 @@ class Runtime:
     context_length: int | None = None
     #: whether several conversations may be sent at once (server backends)
     concurrent = False
+    #: whether chat() accepts a `prefix` that starts the assistant action
+    supports_prefix = False
 
     def __init__(self, renderer: SpecialistRenderer | None = None, renderer_name: str | None = None,
                  tool_style: str = "full"):
@@ -84,7 +86,13 @@ class Runtime:
     def identity(self) -> dict:
         raise NotImplementedError
 
-    def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling) -> Generation:
+    def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling,
+             prefix: str | None = None) -> Generation:
+        """Generate the next assistant action.
+
+        `prefix` starts the action with given text (it must end at a token boundary); only
+        completion runtimes support it, and the returned text includes it.
+        """
         raise NotImplementedError
 
     def chat_batch(self, conversations: list[tuple[list[dict], list[dict]]],
@@ -107,10 +115,14 @@ class CompletionRuntime(Runtime):
         """Return (text, prompt_tokens, completion_tokens, finish_reason)."""
         raise NotImplementedError
 
-    def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling) -> Generation:
-        prompt = self.renderer.render_prompt(messages, tools)
+    supports_prefix = True
+
+    def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling,
+             prefix: str | None = None) -> Generation:
+        prompt = self.renderer.render_prompt(messages, tools) + (prefix or "")
         started = time.perf_counter()
         text, prompt_tokens, completion_tokens, finish = self.complete(prompt, sampling)
+        text = (prefix or "") + text
         parsed = self.renderer.parse(text)
         return Generation.from_text(text, parsed, prompt_tokens=prompt_tokens,
                                     completion_tokens=completion_tokens,

@@ -41,7 +41,10 @@ class OllamaRuntime(Runtime):
         return {"kind": self.kind, "model": self.model, "base_url": self.base_url,
                 "weights_digest": digest, "renderer": "ollama-template"}
 
-    def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling) -> Generation:
+    def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling,
+             prefix: str | None = None) -> Generation:
+        if prefix:
+            raise ValueError("Ollama's /api/chat cannot start the reply with a prefix")
         started = time.perf_counter()
         try:
             response = self._client.chat(

@@ -58,12 +58,19 @@ class OpenAICompatRuntime(CompletionRuntime):
         return (choice.text or "", usage.prompt_tokens if usage else 0,
                 usage.completion_tokens if usage else 0, choice.finish_reason or "stop")
 
-    def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling) -> Generation:
+    @property
+    def supports_prefix(self) -> bool:
+        return self.api == "completions"
+
+    def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling,
+             prefix: str | None = None) -> Generation:
         if self.api == "completions":
-            generation = super().chat(messages, tools, sampling)
+            generation = super().chat(messages, tools, sampling, prefix)
             expected = _estimate_tokens(self.renderer.render_prompt(messages, tools))
             _check_truncation(generation.prompt_tokens, expected)
             return generation
+        if prefix:
+            raise ValueError("a prefix needs api='completions'; chat servers apply their own template")
         started = time.perf_counter()
         try:
             response = self._client.chat.completions.create(
