@@ -18,6 +18,7 @@ entry in the trace's `errors` with its kind, and never escapes as an exception:
     runtime_error        the backend failed to produce a completion
     context_overflow     the prompt does not fit, or the backend truncated it
     step_limit / token_limit
+    step_rejected        step-level rejection sampling found no acceptable candidate
 
 `run_harness` runs N tasks x K samples with C conversations in flight (server backends) and
 writes each finished trace at once, so killing the process loses no finished trace; the run
@@ -137,6 +138,17 @@ class AgentLoop:
             record.steps.append(step_record)
             attempt, ended = self._step(task, messages, step, sampling, record, step_record)
             if ended:
+                break
+            if self.step_samples > 1 and len(step_record.get("rejections", [])) == self.step_samples:
+                # Every candidate failed the step verifier: the trace cannot verify, so
+                # stop here instead of spending the remaining steps on it.
+                messages.extend(attempt.messages)
+                record.errors.extend(attempt.errors)
+                step_record.update(attempt.step_fields)
+                self._fail(record, step_record, "step_rejected",
+                           f"all {self.step_samples} candidates rejected; last: "
+                           f"{step_record['rejections'][-1]}")
+                record.outcome = "step_rejected"
                 break
             record.errors.extend(attempt.errors)
             step_record.update(attempt.step_fields)
@@ -258,8 +270,9 @@ class AgentLoop:
         """Step verifier for step-level rejection sampling; None accepts the candidate.
 
         A candidate is rejected when it has any loop error, when it calls a tool other than
-        the next one in the task's `expected.calls` (if the task lists them), or when it ends
-        the trace and a rule checker or the task checker then fails.
+        the next one in the task's `expected.calls` (if the task lists them), when the pack's
+        step checker fails one of its calls, or when it ends the trace and a rule checker or
+        the task checker then fails.
         """
         if attempt.errors:
             return f"{attempt.errors[0]['kind']}: {attempt.errors[0]['message']}"[:200]
@@ -273,6 +286,13 @@ class AgentLoop:
                     if position >= len(expected) or expected[position] != name:
                         wanted = expected[position] if position < len(expected) else "(no more calls)"
                         return f"called {name}, expected {wanted}"
+        if self.pack.step_checker is not None:
+            view = TraceView(task, messages + attempt.messages)
+            made = len(TraceView(task, messages).calls)
+            for record in view.calls[made:]:
+                verdict = self.pack.step_checker(view, record)
+                if verdict.passed is False:
+                    return f"step: {verdict.reason}"[:200]
         if attempt.terminal is not None:
             view = TraceView(task, messages + attempt.messages, outcome_of(attempt.terminal))
             for rule_id, verdict in self.pack.verdicts(view).items():

@@ -20,6 +20,7 @@ implementations, rule checkers and task generators:
         checker: check_lookup_before_stating   # fn(TraceView) -> RuleVerdict
         critical: true
     task_checker: check_expected_outcome       # fn(TraceView) -> RuleVerdict
+    step_checker: check_step                   # fn(TraceView, CallRecord) -> RuleVerdict
     prompts: {full: prompts/full.md, compact: prompts/compact.md}
     tasks:
       - {name: generated, generator: generate_tasks}   # fn(n, seed) -> list[dict]
@@ -108,6 +109,9 @@ class Pack:
     evalset_path: Path | None
     terminal_tools: list[str]
     task_checker: Callable[["TraceView"], RuleVerdict] | None = None
+    #: fn(TraceView, CallRecord) -> RuleVerdict: judges one executed call (step-level
+    #: rejection sampling in the harness); optional
+    step_checker: Callable[["TraceView", "CallRecord"], RuleVerdict] | None = None
     setup: Callable[[Path], Any] | None = None
     module: Any = None
 
@@ -394,6 +398,8 @@ def _load(folder: Path, digest: str) -> Pack:
         task_sources=sources, evalset_path=evalset_path, terminal_tools=list(terminal),
         task_checker=function(manifest["task_checker"], "task_checker")
         if manifest.get("task_checker") else None,
+        step_checker=function(manifest["step_checker"], "step_checker")
+        if manifest.get("step_checker") else None,
         setup=function(manifest["setup"], "setup") if manifest.get("setup") else None,
         module=module,
     )

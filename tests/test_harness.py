@@ -195,11 +195,12 @@ def test_step_rejection_sampling_keeps_verified_actions(tiny_pack):
 def test_step_rejection_sampling_exhausted_keeps_last(tiny_pack):
     task = {**TASK, "expected": {**TASK["expected"], "calls": ["add", "answer"]}}
     runtime = ScriptedRuntime([call("broken")])
-    loop = AgentLoop(tiny_pack, runtime, Sampling(), Limits(max_steps=1), step_samples=2)
+    loop = AgentLoop(tiny_pack, runtime, Sampling(), Limits(max_steps=3), step_samples=2)
     record = loop.run_task(task)
     assert record.steps[0]["candidates"] == 2
     assert len(record.steps[0]["rejections"]) == 2
-    assert kinds(record) == ["tool_error", "step_limit"]
+    assert kinds(record) == ["tool_error", "step_rejected"]
+    assert record.outcome == "step_rejected"
 
 
 def test_guided_sampling_prefixes_expected_tool(tiny_pack):

@@ -623,6 +623,35 @@ def check_expected_outcome(view: TraceView) -> RuleVerdict:
     return RuleVerdict(True, "answered as expected")
 
 
+def check_step(view: TraceView, record) -> RuleVerdict:
+    """Judge one executed call against the task's expectations (step-level verification).
+
+    Used by the harness to accept or reject a candidate action before the trace goes on:
+    a rate lookup must return the expected rate row, a guidance search must return an
+    expected passage, and a refusal must use the expected category.
+    """
+    expected = view.expected
+    name = record.call.name
+    if name == "lookup_rate" and expected.get("rate"):
+        rate = expected["rate"]
+        result = record.result if isinstance(record.result, dict) else {}
+        for key in ("award", "classification", "rate_type", "effective_date"):
+            if result.get(key) != rate[key]:
+                return RuleVerdict(False, f"lookup_rate returned {key} {result.get(key)!r}, expected {rate[key]!r}")
+        return RuleVerdict(True, "looked up the expected rate")
+    if name == "search_guidance" and expected.get("passage_ids"):
+        passages = (record.result or {}).get("passages") or [] if isinstance(record.result, dict) else []
+        returned = {passage.get("id") for passage in passages if isinstance(passage, dict)}
+        if not returned.intersection(expected["passage_ids"]):
+            return RuleVerdict(False, f"search returned none of {', '.join(expected['passage_ids'])}")
+        return RuleVerdict(True, "search found an expected passage")
+    if name == "refuse" and expected.get("refusal_category"):
+        given = record.call.arguments.get("category")
+        if given != expected["refusal_category"]:
+            return RuleVerdict(False, f"refused with category {given!r}, expected {expected['refusal_category']!r}")
+    return RuleVerdict(None, "no step expectation for this call")
+
+
 def _check_expected_rate(view: TraceView, rate: dict, text: str) -> RuleVerdict | None:
     matching = [record for record in view.calls_named("lookup_rate")
                 if isinstance(record.result, dict)
