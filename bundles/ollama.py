@@ -11,9 +11,9 @@ written into a bundle refers to adapter/adapter.gguf inside it. The FROM path is
 model file at the site that wrote the Modelfile. A receiving site regenerates the file
 with `reckon bundle modelfile` or edits that line.
 
-The TEMPLATE renders each message as appliance.formats.SpecialistRenderer does, one turn
-per message with Gemma's turn markers, and ends with the generation prompt
-"<start_of_turn>model\\n".
+The TEMPLATE renders each message as appliance.formats.SpecialistRenderer does: the system
+text first, then one transcript line per message ("User: ...", "Model: ...<end_of_turn>",
+"Tool: ..."), and ends with the generation prompt "Model:".
 NOTE: it renders message content as given. The renderer also writes the tool listing into
 the system turn and tool calls and results as canonical JSON; Ollama's structured `tools`
 and `tool_calls` cannot reproduce those bytes, so a client must send the system prompt with
@@ -26,25 +26,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from appliance.formats import END, START, SpecialistRenderer
+from appliance.formats import END, MODEL, TOOL, USER, SpecialistRenderer
 
-# Ollama role -> the role name the specialist format writes after <start_of_turn>.
-ROLE_TURNS = {"system": "system", "user": "user", "assistant": "model", "tool": "tool"}
+# Ollama role -> the text the specialist format writes before and after the content.
+ROLE_AFFIXES = {
+    "system": ("", "\n\n"),
+    "user": (f"{USER} ", "\n"),
+    "assistant": (f"{MODEL} ", f"{END}\n"),
+    "tool": (f"{TOOL} ", "\n"),
+}
 
 
 def turn_affixes(role: str) -> tuple[str, str]:
     """Return the text written before and after a message's content for `role`."""
-    return f"{START}{ROLE_TURNS[role]}\n", f"{END}\n"
+    return ROLE_AFFIXES[role]
 
 
 def specialist_template() -> str:
     """Return the Go template (Ollama TEMPLATE) for the specialist format."""
     branches = []
-    for index, role in enumerate(ROLE_TURNS):
+    for index, role in enumerate(ROLE_AFFIXES):
         before, after = turn_affixes(role)
         keyword = "if" if index == 0 else "else if"
         branches.append(f'{{{{ {keyword} eq .Role "{role}" }}}}{before}{{{{ .Content }}}}{after}')
-    generation_prompt = f"{START}model\n"
+    generation_prompt = MODEL
     # No "{{-" trim markers: they would also strip the newline that ends each turn.
     return "{{ range .Messages }}" + "".join(branches) + "{{ end }}{{ end }}" + generation_prompt
 
@@ -59,8 +64,11 @@ def render_modelfile(base_gguf: str | os.PathLike, adapter_gguf: str | os.PathLi
         f"ADAPTER {_quote(adapter_gguf)}",
         f'TEMPLATE """{specialist_template()}"""',
     ]
+    # Stops that contain a newline cannot be written in a Modelfile string; the two kept
+    # here end every action the specialist was trained to produce.
     for stop in renderer.stop:
-        lines.append(f'PARAMETER stop "{stop}"')
+        if "\n" not in stop:
+            lines.append(f'PARAMETER stop "{stop}"')
     lines.append("PARAMETER temperature 0")
     if num_ctx is not None:
         lines.append(f"PARAMETER num_ctx {int(num_ctx)}")

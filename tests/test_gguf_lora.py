@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from bundles.errors import AdapterExportError
 from bundles.gguf_lora import export_gguf_lora
-from bundles.ollama import ROLE_TURNS, render_modelfile, specialist_template, turn_affixes
+from bundles.ollama import ROLE_AFFIXES, render_modelfile, specialist_template, turn_affixes
 
 PREFIX = "base_model.model.model.layers"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -246,13 +246,13 @@ def test_modelfile_template_matches_renderer():
     # Expand the template's branches by hand: each message is rendered by its role's
     # branch, then the generation prompt follows.
     rendered = "".join(turn_affixes(role)[0] + content + turn_affixes(role)[1]
-                       for role, content in conversation) + "<start_of_turn>model\n"
+                       for role, content in conversation) + "Model:"
     assert rendered == expected
     template = specialist_template()
-    for role in ROLE_TURNS:
+    for role in ROLE_AFFIXES:
         before, after = turn_affixes(role)
         assert f'eq .Role "{role}" }}}}{before}{{{{ .Content }}}}{after}' in template
-    assert template.endswith("{{ end }}{{ end }}<start_of_turn>model\n")
+    assert template.endswith("{{ end }}{{ end }}Model:")
 
 
 def test_modelfile_rejects_quote_in_path():
@@ -264,7 +264,7 @@ def test_modelfile_rejects_quote_in_path():
 
 PROMPTS = [
     "The capital of France is",
-    "<start_of_turn>user\nWhat is two plus two?<end_of_turn>\n<start_of_turn>model\n",
+    "User: What is two plus two?\nModel:",
     "def fibonacci(n):",
 ]
 
