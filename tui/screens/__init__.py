@@ -1,0 +1,1 @@
+"""One screen per area of the loop; each is a mode of ReckonApp."""

@@ -1,0 +1,1 @@
+"""Reusable widgets: conversation view, bar chart, loss plot and job progress."""
