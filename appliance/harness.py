@@ -100,7 +100,8 @@ class AgentLoop:
                  guide: bool = False):
         self.pack = pack
         # Guided sampling starts each action with the tool name that the task's
-        # `expected.calls` lists next; the model writes the arguments and answers.
+        # `expected.calls` lists next; the model writes the arguments and answers, and a
+        # runtime that supports it constrains them to the tool's JSON Schema.
         self.guide = guide
         if guide and not runtime.supports_prefix:
             raise ReckonError(f"guided sampling needs a completion runtime; {runtime.kind} "
@@ -196,7 +197,8 @@ class AgentLoop:
                                                  "temperature": max(sampling.temperature, 0.8),
                                                  "seed": sampling.seed + 104729 * candidate})
             try:
-                generation = self.runtime.chat(messages, self.tools, candidate_sampling, prefix)
+                generation = self.runtime.chat(messages, self.tools, candidate_sampling, prefix,
+                                               self._guide_schema(prefix))
             except ContextOverflow as error:
                 self._fail(record, step_record, "context_overflow", str(error))
                 record.outcome = "context_overflow"
@@ -227,6 +229,14 @@ class AgentLoop:
         step_record["candidates"] = min(len(rejections) + 1, self.step_samples)
         step_record["rejections"] = rejections
         return attempt, False
+
+    def _guide_schema(self, prefix: str | None) -> dict | None:
+        """The argument schema of the guided tool, to constrain decoding where supported."""
+        if prefix is None or not self.runtime.supports_constraints:
+            return None
+        name = prefix.split('"name": "')[1].split('"')[0]
+        tool = self.pack.tools.get(name)
+        return tool.parameters if tool is not None else None
 
     def _guide_prefix(self, task: dict, messages: list[dict]) -> str | None:
         if not self.guide:

@@ -77,6 +77,8 @@ class Runtime:
     concurrent = False
     #: whether chat() accepts a `prefix` that starts the assistant action
     supports_prefix = False
+    #: whether chat() accepts `arguments_schema` to constrain decoding after the prefix
+    supports_constraints = False
 
     def __init__(self, renderer: SpecialistRenderer | None = None, renderer_name: str | None = None,
                  tool_style: str = "full"):
@@ -87,11 +89,13 @@ class Runtime:
         raise NotImplementedError
 
     def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling,
-             prefix: str | None = None) -> Generation:
+             prefix: str | None = None, arguments_schema: dict | None = None) -> Generation:
         """Generate the next assistant action.
 
         `prefix` starts the action with given text (it must end at a token boundary); only
-        completion runtimes support it, and the returned text includes it.
+        completion runtimes support it, and the returned text includes it. With a prefix
+        that ends after '"arguments":', `arguments_schema` constrains the rest of the call
+        to a JSON object valid for that schema (runtimes with supports_constraints).
         """
         raise NotImplementedError
 
@@ -111,17 +115,22 @@ class Runtime:
 class CompletionRuntime(Runtime):
     """A runtime that completes raw text: renders the chat, then parses the output."""
 
-    def complete(self, prompt: str, sampling: Sampling) -> tuple[str, int, int, str]:
+    def complete(self, prompt: str, sampling: Sampling,
+                 arguments_schema: dict | None = None) -> tuple[str, int, int, str]:
         """Return (text, prompt_tokens, completion_tokens, finish_reason)."""
         raise NotImplementedError
 
     supports_prefix = True
 
     def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling,
-             prefix: str | None = None) -> Generation:
+             prefix: str | None = None, arguments_schema: dict | None = None) -> Generation:
         prompt = self.renderer.render_prompt(messages, tools) + (prefix or "")
         started = time.perf_counter()
-        text, prompt_tokens, completion_tokens, finish = self.complete(prompt, sampling)
+        if arguments_schema is not None and self.supports_constraints:
+            text, prompt_tokens, completion_tokens, finish = self.complete(
+                prompt, sampling, arguments_schema=arguments_schema)
+        else:
+            text, prompt_tokens, completion_tokens, finish = self.complete(prompt, sampling)
         text = (prefix or "") + text
         parsed = self.renderer.parse(text)
         return Generation.from_text(text, parsed, prompt_tokens=prompt_tokens,

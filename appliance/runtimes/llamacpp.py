@@ -4,15 +4,16 @@ One Llama object serves one conversation at a time (a lock serialises calls), an
 its KV cache for the longest common prompt prefix, so each agent step only evaluates the
 new turns. The GGUF LoRA that ships in a bundle loads with `lora`.
 
-`chat_batch` decodes several conversations together: a second llama.cpp context with
-n_seq_max sequences (created on first use, see BatchDecoder) takes one token of every
-unfinished sequence per llama_decode call, so a step costs about as much as one
-sequence's step while the weights are read once.
+`chat_batch` decodes several conversations together in a second llama.cpp context with
+n_seq_max sequences, created on first use (see BatchDecoder). Each llama_decode call
+takes one token of every unfinished sequence, so the weights are read once per step
+for the whole group.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import threading
@@ -59,6 +60,7 @@ class LlamaCppRuntime(CompletionRuntime):
         self.context_length = n_ctx
         threads = n_threads or int(os.environ.get("RECKON_THREADS", 0)) or max(1, os.cpu_count() or 1)
         self._lock = threading.Lock()
+        self._grammars: dict = {}
         self._llm = Llama(model_path=str(self.model_path),
                           lora_path=str(self.lora_path) if self.lora_path else None,
                           n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
@@ -81,7 +83,26 @@ class LlamaCppRuntime(CompletionRuntime):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
-    def complete(self, prompt: str, sampling: Sampling) -> tuple[str, int, int, str]:
+    supports_constraints = True
+
+    def grammar_for(self, arguments_schema: dict):
+        """GBNF grammar for ' {arguments}}</tool_call>' after a guided prefix (cached)."""
+        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        key = json.dumps(arguments_schema, sort_keys=True)
+        if key not in self._grammars:
+            # NOTE: string "pattern"s are dropped because llama-cpp-python 0.3.36 converts
+            # regex classes such as \d into literal text; the harness still validates
+            # every argument against the full schema afterwards.
+            schema = _without_patterns(arguments_schema)
+            rules = json_schema_to_gbnf(json.dumps(schema)).replace("root ::=", "arguments ::=")
+            text = 'root ::= " " arguments "}</tool_call>"\n' + rules
+            self._grammars[key] = LlamaGrammar.from_string(text, verbose=False)
+        return self._grammars[key]
+
+    def complete(self, prompt: str, sampling: Sampling,
+                 arguments_schema: dict | None = None) -> tuple[str, int, int, str]:
         tokens = self.tokenize(prompt)
         if len(tokens) + sampling.max_tokens > self.context_length:
             raise ContextOverflow(
@@ -90,10 +111,12 @@ class LlamaCppRuntime(CompletionRuntime):
                 prompt_tokens=len(tokens), context_length=self.context_length)
         with self._lock:
             try:
+                grammar = self.grammar_for(arguments_schema) if arguments_schema else None
                 result = self._llm.create_completion(
                     tokens, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                     top_p=sampling.top_p, top_k=sampling.top_k, seed=sampling.seed,
-                    repeat_penalty=sampling.repeat_penalty, stop=self.renderer.stop)
+                    repeat_penalty=sampling.repeat_penalty,
+                    stop=[] if grammar is not None else self.renderer.stop, grammar=grammar)
             except ValueError as error:
                 if "context" in str(error).lower():
                     raise ContextOverflow(str(error), len(tokens), self.context_length) from None
@@ -112,9 +135,11 @@ class LlamaCppRuntime(CompletionRuntime):
                    sampling: Sampling) -> list[Generation]:
         """Generate for several conversations, decoding up to MAX_BATCH_SEQUENCES together.
 
-        Greedy decoding (temperature 0) gives the same tokens as `chat` for each
-        conversation; sampled decoding seeds each sequence's sampler with `sampling.seed`.
-        Raises ContextOverflow when any prompt plus max_tokens exceeds the context window.
+        Greedy decoding (temperature 0) picks the same tokens as `chat` except at near
+        ties: ggml's multi-row CPU kernels sum in another order than its one-row kernel,
+        so logits can differ in the last digits. Sampled decoding seeds each sequence's
+        sampler with `sampling.seed`. Raises ContextOverflow when any prompt plus
+        max_tokens exceeds the context window.
         """
         if not conversations:
             return []
@@ -189,10 +214,10 @@ class BatchDecoder:
     """A llama.cpp context with several sequences that are decoded in one batch per step.
 
     The context shares the model weights (and LoRA adapter) of the Llama object. Its KV
-    cache is unified (kv_unified on): the prompts' shared prefix, usually the system prompt
-    with the tool listing, is evaluated once into a reserved cache sequence, kept between
-    calls like Llama's own prefix cache, and copied to every sequence with
-    llama_memory_seq_cp, which only tags the cells with more sequence ids.
+    cache is unified (kv_unified on). The prompts' shared prefix, usually the system prompt
+    with the tool listing, is evaluated once into a reserved cache sequence and kept
+    between calls like Llama's own prefix cache. llama_memory_seq_cp then gives it to every
+    sequence by tagging the same cells with more sequence ids.
     """
 
     def __init__(self, llm, base_params, n_sequences: int, kv_cells: int):
@@ -360,3 +385,12 @@ class BatchDecoder:
         if getattr(self, "_ctx", None):
             self._api.llama_free(self._ctx)
             self._ctx = None
+
+
+def _without_patterns(schema):
+    if isinstance(schema, dict):
+        return {key: _without_patterns(value) for key, value in schema.items()
+                if not (key in ("pattern", "format") and isinstance(value, str))}
+    if isinstance(schema, list):
+        return [_without_patterns(item) for item in schema]
+    return schema
