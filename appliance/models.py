@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,13 @@ def resolve_base(spec: str) -> BaseModel:
     from appliance.training.bases import find_ollama_model, looks_like_ollama_name
 
     if looks_like_ollama_name(spec):
-        blob, digest = find_ollama_model(spec)
+        try:
+            blob, digest = find_ollama_model(spec)
+        except NotFoundError as error:
+            raise NotFoundError(
+                f"base {spec!r} not found: it is no file or folder, and in the Ollama store: "
+                f"{error}. Give 'embedded', a .gguf file, a local Hugging Face folder or an "
+                "Ollama model name") from None
         return BaseModel(spec, "gguf", blob, digest)
     raise ConfigError(
         f"base {spec!r} not found: give 'embedded', a .gguf file, a local Hugging Face folder "
@@ -127,20 +133,14 @@ def load_tokenizer(spec: str):
 
 
 def load_causal_lm(spec: str, dtype: str = "float32"):
-    """Load a base as a transformers causal LM (GGUF bases are dequantised on load)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    """Load a base as a transformers causal LM.
 
-    base = resolve_base(spec)
-    torch_dtype = getattr(torch, dtype)
-    if base.kind == "hf":
-        pickles = [p.name for p in base.path.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-        if pickles and not list(base.path.glob("*.safetensors")):
-            raise ConfigError(
-                f"base {spec!r} has only pickle weights ({', '.join(sorted(pickles))}); "
-                "pickle files can run code when loaded, so only safetensors are accepted. "
-                "Convert the checkpoint to safetensors on a trusted machine first.")
-        return AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch_dtype,
-                                                    use_safetensors=True)
-    return AutoModelForCausalLM.from_pretrained(str(base.path.parent), gguf_file=base.path.name,
-                                                dtype=torch_dtype)
+    GGUF bases load from a dequantised safetensors checkpoint that is built once per
+    weights digest (appliance.training.bases), so evaluation and training see the same
+    weights and later loads take well under a second.
+    """
+    import torch
+
+    from appliance.training.bases import load_base_model
+
+    return load_base_model(resolve_base(spec), getattr(torch, dtype))

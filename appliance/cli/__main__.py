@@ -1,3 +1,5 @@
+"""`python -m appliance.cli` runs the `reckon` command."""
+
 from appliance.cli import main
 
 main()
