@@ -154,33 +154,25 @@ def _run_training(app, params: dict, label: str) -> dict:
     return result
 
 
-def _evaluate(app, record: dict, evalset: str) -> dict | None:
-    """Evaluate a candidate on the frozen eval set through the evaluation runner."""
-    try:
-        from appliance.evaluation.runner import evaluate
-    except ImportError:
-        # TODO: call appliance.evaluation.runner.evaluate once the evaluation runner exists;
-        # until then the A/B shows training and validation metrics only.
-        log.warning("evaluation runner not available; candidate %s not evaluated on %s",
-                    record["candidate_id"], evalset)
-        return None
+def _evaluate(app, record: dict, evalset: str) -> dict:
+    """Evaluate a candidate (base + peft adapter, compact prompt) on the frozen eval set."""
+    from appliance.evaluation.runner import evaluate
+    from appliance.runtimes import Sampling
     from appliance.training.job import read_candidate
 
     candidate = read_candidate(app.workspace, record["candidate_id"])
-    # NOTE: argument names follow the runner's expected interface (workspace, eval set, a
-    # transformers runtime over base + adapter); adjust here if the runner differs.
-    return evaluate(app.workspace, evalset=evalset, runtime="hf", model=candidate["base"]["spec"],
-                    adapter=candidate["adapter_path"])
+    spec = f"hf:{candidate['base']['spec']}+adapter={candidate['adapter_path']}"
+    return evaluate(app.workspace, evalset=evalset, runtime_spec=spec, prompt="compact",
+                    tool_style="compact", sampling=Sampling(max_tokens=200), mode="first",
+                    label=f"{candidate['id']}-adapter")
 
 
 def _summary_of(evaluation) -> dict:
-    if evaluation is None:
+    """The metric summary of the result's primary part (first decision or task)."""
+    if not evaluation:
         return {}
-    if hasattr(evaluation, "cases"):
-        from appliance.evaluation import summarize
-
-        return summarize(evaluation.cases)
-    return evaluation.get("summary", evaluation) if isinstance(evaluation, dict) else {}
+    summaries = evaluation.get("summary") or {}
+    return summaries.get(evaluation.get("primary_part") or "first") or {}
 
 
 def _metric(summary: dict, key: str) -> dict | None:

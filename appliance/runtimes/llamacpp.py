@@ -218,6 +218,12 @@ class BatchDecoder:
     with the tool listing, is evaluated once into a reserved cache sequence and kept
     between calls like Llama's own prefix cache. llama_memory_seq_cp then gives it to every
     sequence by tagging the same cells with more sequence ids.
+
+    NOTE: attention settings follow the Llama context (flash attention off, full-size SWA
+    cache), so both paths compute alike. With a long shared prompt the per-row attention
+    over that cache dominates a CPU step, and batching then gains little. Flash attention
+    or a window-sized SWA cache would cut that cost, but the first changes the numerics
+    and the second breaks the prefix reuse between calls.
     """
 
     def __init__(self, llm, base_params, n_sequences: int, kv_cells: int):
