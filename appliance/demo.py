@@ -51,8 +51,8 @@ class Preset:
 
 PRESETS = {
     "quick": Preset(
-        name="quick", tasks=84, step_samples=4, teacher_max_tokens=160, eval_limit=70,
-        eval_mode="both", peft_eval_limit=8,
+        name="quick", tasks=56, step_samples=4, teacher_max_tokens=160, eval_limit=35,
+        eval_mode="both", peft_eval_limit=4,
         train={"r": 16, "lora_alpha": 32, "epochs": 3.0, "batch_size": 8,
                "learning_rate": 3e-4, "eval_steps": 20, "save_steps": 50, "max_length": 1024}),
     "full": Preset(
