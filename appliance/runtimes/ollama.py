@@ -42,7 +42,7 @@ class OllamaRuntime(Runtime):
                 "weights_digest": digest, "renderer": "ollama-template"}
 
     def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling,
-             prefix: str | None = None) -> Generation:
+             prefix: str | None = None, arguments_schema: dict | None = None) -> Generation:
         if prefix:
             raise ValueError("Ollama's /api/chat cannot start the reply with a prefix")
         started = time.perf_counter()

@@ -63,9 +63,9 @@ class OpenAICompatRuntime(CompletionRuntime):
         return self.api == "completions"
 
     def chat(self, messages: list[dict], tools: list[dict], sampling: Sampling,
-             prefix: str | None = None) -> Generation:
+             prefix: str | None = None, arguments_schema: dict | None = None) -> Generation:
         if self.api == "completions":
-            generation = super().chat(messages, tools, sampling, prefix)
+            generation = super().chat(messages, tools, sampling, prefix, arguments_schema)
             expected = _estimate_tokens(self.renderer.render_prompt(messages, tools))
             _check_truncation(generation.prompt_tokens, expected)
             return generation
