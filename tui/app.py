@@ -18,6 +18,7 @@ from pathlib import Path
 
 from textual.app import App
 from textual.binding import Binding
+from textual.css.query import NoMatches
 
 from appliance import jobs
 from appliance.workspace import Workspace
@@ -94,9 +95,16 @@ class ReckonApp(App):
 
     def poll(self) -> None:
         """Refresh the visible screen from the database (cheap, bounded queries)."""
-        refresh = getattr(self.screen, "refresh_data", None)
-        if refresh is not None:
+        screen = self.screen
+        refresh = getattr(screen, "refresh_data", None)
+        if refresh is None or not screen.is_mounted:
+            return
+        try:
             refresh()
+        except NoMatches:
+            # A timer tick can land while a screen is still composing its widgets; the
+            # next tick refreshes it.
+            log.debug("poll skipped: %s is not fully mounted yet", type(screen).__name__)
 
     def action_refresh(self) -> None:
         self.poll()
