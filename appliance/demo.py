@@ -164,7 +164,7 @@ def run_demo(workspace: Workspace, preset: str = "quick", *, operator: str | Non
         from appliance.evaluation.runner import part_view
 
         markdown = []
-        for part in ("first", "task"):
+        for part in ("first_decision", "task"):
             if part in (base_eval.get("parts") or {}) and part in (gguf_eval.get("parts") or {}):
                 comparison = compare(part_view(base_eval, part), part_view(gguf_eval, part),
                                      critical=["tool_name_accuracy", "exact_call_accuracy"],
@@ -318,9 +318,11 @@ def _metric(summary: dict, key: str) -> dict | None:
 def comparison_table(base: dict, specialist: dict) -> list[dict]:
     """Rows of (metric, part, base, specialist, change), first-decision metrics then rules."""
     rows = []
-    plan = [("first", key) for key in TABLE_METRICS[:3]] + [("task", "task_success")]
-    task_summary = (specialist.get("summary") or {}).get("task") or {}
-    plan += [("task", f"rule:{rule}") for rule in sorted(task_summary.get("rules") or {})]
+    plan = [("first_decision", key) for key in TABLE_METRICS[:3]] + [("task", "task_success")]
+    rules = set()
+    for result in (base, specialist):
+        rules.update(((result.get("summary") or {}).get("task") or {}).get("rules") or {})
+    plan += [("task", f"rule:{rule}") for rule in sorted(rules)]
     for part, key in plan:
         a = _metric((base.get("summary") or {}).get(part) or {}, key)
         b = _metric((specialist.get("summary") or {}).get(part) or {}, key)
@@ -328,7 +330,7 @@ def comparison_table(base: dict, specialist: dict) -> list[dict]:
             continue
         rows.append({"metric": key, "part": part, "base": a, "specialist": b,
                      "change_points": round(100 * (b["value"] - a["value"]), 1)})
-    for part in ("task", "first"):
+    for part in ("task", "first_decision"):
         a = ((base.get("summary") or {}).get(part) or {}).get("tokens") or {}
         b = ((specialist.get("summary") or {}).get(part) or {}).get("tokens") or {}
         if a.get("mean") and b.get("mean"):
@@ -340,7 +342,7 @@ def comparison_table(base: dict, specialist: dict) -> list[dict]:
 
 def ledger_eval_payload(version: str, result: dict) -> dict:
     """Turn an eval result into the ledger's eval entry (metrics with interval and n)."""
-    primary = result.get("primary_part") or "first"
+    primary = result.get("primary_part") or "first_decision"
     summary = (result.get("summary") or {}).get(primary) or {}
 
     def metric(value: dict) -> dict:
@@ -362,8 +364,10 @@ def ledger_eval_payload(version: str, result: dict) -> dict:
 
 def _agreement(peft: dict, gguf: dict) -> dict:
     """How often the peft adapter and the GGUF LoRA made the same first decision."""
-    first_peft = {case["case_id"]: case for case in (peft.get("parts") or {}).get("first", {}).get("cases", [])}
-    first_gguf = {case["case_id"]: case for case in (gguf.get("parts") or {}).get("first", {}).get("cases", [])}
+    first_peft = {case["case_id"]: case
+                  for case in (peft.get("parts") or {}).get("first_decision", {}).get("cases", [])}
+    first_gguf = {case["case_id"]: case
+                  for case in (gguf.get("parts") or {}).get("first_decision", {}).get("cases", [])}
     shared = sorted(set(first_peft) & set(first_gguf))
     same_tool = sum(1 for case_id in shared
                     if [c.get("name") for c in first_peft[case_id].get("calls") or []]
