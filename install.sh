@@ -94,7 +94,10 @@ PY
 }
 
 torch_spec() {
-    if [ "$variant" = "cuda" ]; then echo "torch==$torch_version"; else echo "torch==$torch_version"; fi
+    # PyPI's default torch wheel for Linux is the CUDA build. A CPU box takes the CPU build
+    # from pip's find-links (as on the development machines) or from TORCH_INDEX_URL.
+    # NOTE: without either, a CPU machine gets the multi-GB CUDA build; it still runs on CPU.
+    echo "torch==$torch_version"
 }
 
 # -- wheelhouse (connected machine) ------------------------------------------------------
