@@ -70,7 +70,7 @@ class ToolCall:
                 "function": {"name": self.name, "arguments": canonical_json(self.arguments)}}
 
     def to_text(self) -> str:
-        """The call as the specialist format writes it: one line, the name first.
+        """Render the call as the specialist format writes it: one line, the name first.
 
         The name comes before the arguments so that a model decides which tool to call
         before it writes arguments, and the arguments' keys are sorted.

@@ -363,7 +363,7 @@ def ledger_eval_payload(version: str, result: dict) -> dict:
 
 
 def _agreement(peft: dict, gguf: dict) -> dict:
-    """How often the peft adapter and the GGUF LoRA made the same first decision."""
+    """Count the cases where the peft adapter and the GGUF LoRA made the same first decision."""
     first_peft = {case["case_id"]: case
                   for case in (peft.get("parts") or {}).get("first_decision", {}).get("cases", [])}
     first_gguf = {case["case_id"]: case
@@ -400,10 +400,10 @@ def _operator() -> str:
 
 
 def _passphrase(workspace: Workspace) -> str:
-    """The signing-key passphrase: RECKON_KEY_PASSPHRASE, else a generated one for the demo.
+    """Return the signing-key passphrase: RECKON_KEY_PASSPHRASE, else one generated for the demo.
 
-    NOTE: the generated passphrase is stored next to the key (mode 0600) so the demo can run
-    unattended; a production site sets RECKON_KEY_PASSPHRASE or uses `reckon keys init`.
+    NOTE: the generated passphrase is stored next to the key (mode 0600) so that the demo can
+    run unattended. A production site sets RECKON_KEY_PASSPHRASE or uses `reckon keys init`.
     """
     given = os.environ.get("RECKON_KEY_PASSPHRASE")
     if given:

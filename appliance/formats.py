@@ -85,7 +85,7 @@ class SpecialistRenderer:
 
     name = "reckon-specialist-v1"
     # Stopping at the call's closing tag keeps a base model from writing an imagined tool
-    # result after its call; one call per turn is what the packs ask for.
+    # result after its call. The packs ask for one call per turn.
     stop = [CALL_CLOSE, END, "\nUser:", "\nTool:", "\nModel:"]
     end_of_turn = END
 
@@ -178,7 +178,7 @@ def parse_text_tool_calls(text: str) -> ParsedOutput:
 
     Accepted forms, in order: <tool_call>{json}</tool_call> blocks (one or more), a fenced
     ```json block, or a bare JSON object, each with "name" and "arguments" (or "parameters").
-    Text with none of these is returned as content with no calls; text that tries one of
+    Text with none of these is returned as content with no calls. Text that tries one of
     them and fails to parse is returned with `error` set.
     """
     raw = text.split(END, 1)[0].strip()

@@ -82,6 +82,11 @@ class TraceRecord:
     latency_s: float = 0.0
 
 
+def calls_made(messages: list[dict]) -> int:
+    """Count the tool calls the assistant has made so far in a conversation."""
+    return sum(len(m.get("tool_calls") or []) for m in messages if m["role"] == "assistant")
+
+
 def outcome_of(tool_name: str) -> str:
     """Map a terminal tool to the trace outcome."""
     lowered = tool_name.lower()
@@ -231,7 +236,7 @@ class AgentLoop:
         return attempt, False
 
     def _guide_schema(self, prefix: str | None) -> dict | None:
-        """The argument schema of the guided tool, to constrain decoding where supported."""
+        """Return the guided tool's argument schema, used to constrain decoding where supported."""
         if prefix is None or not self.runtime.supports_constraints:
             return None
         name = prefix.split('"name": "')[1].split('"')[0]
@@ -242,7 +247,7 @@ class AgentLoop:
         if not self.guide:
             return None
         expected = (task.get("expected") or {}).get("calls") or []
-        made = sum(len(m.get("tool_calls") or []) for m in messages if m["role"] == "assistant")
+        made = calls_made(messages)
         if made >= len(expected):
             return None
         # Ends at '"arguments":', a token boundary in the Gemma vocabulary, so the model
@@ -279,16 +284,16 @@ class AgentLoop:
     def _reject_reason(self, task: dict, messages: list[dict], attempt: "Attempt") -> str | None:
         """Step verifier for step-level rejection sampling; None accepts the candidate.
 
-        A candidate is rejected when it has any loop error, when it calls a tool other than
-        the next one in the task's `expected.calls` (if the task lists them), when the pack's
-        step checker fails one of its calls, or when it ends the trace and a rule checker or
-        the task checker then fails.
+        A candidate is rejected when it has any loop error, or when it calls a tool other
+        than the next one in the task's `expected.calls` (if the task lists them). It is also
+        rejected when the pack's step checker fails one of its calls, or when it ends the
+        trace and a rule checker or the task checker then fails.
         """
         if attempt.errors:
             return f"{attempt.errors[0]['kind']}: {attempt.errors[0]['message']}"[:200]
         expected = (task.get("expected") or {}).get("calls")
         if expected:
-            made = sum(len(m.get("tool_calls") or []) for m in messages if m["role"] == "assistant")
+            made = calls_made(messages)
             for offset, message in enumerate(m for m in attempt.messages if m["role"] == "assistant"):
                 for index, call in enumerate(message.get("tool_calls") or []):
                     position = made + index

@@ -48,7 +48,7 @@ class JobCancelled(Exception):
 
 
 class JobContext:
-    """What a job function uses to report progress and to notice cancellation."""
+    """Progress reporting and cancellation checks for one running job function."""
 
     def __init__(self, workspace: Workspace, store: Store, job_id: str,
                  listener: Callable[[dict], None] | None = None):

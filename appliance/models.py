@@ -104,7 +104,7 @@ def resolve_base(spec: str) -> BaseModel:
             blob, digest = find_ollama_model(spec)
         except NotFoundError as error:
             raise NotFoundError(
-                f"base {spec!r} not found: it is no file or folder, and in the Ollama store: "
+                f"base {spec!r} not found: it is not a file or folder, and in the Ollama store: "
                 f"{error}. Give 'embedded', a .gguf file, a local Hugging Face folder or an "
                 "Ollama model name") from None
         return BaseModel(spec, "gguf", blob, digest)

@@ -217,7 +217,7 @@ class TraceView:
         return self.calls[-1] if self.calls else None
 
     def assistant_text(self) -> str:
-        """All text the model produced: content plus tool-call arguments."""
+        """Return all text the model produced: content plus tool-call arguments."""
         parts = []
         for message in self.messages:
             if message.get("role") == "assistant":
