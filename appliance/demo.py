@@ -1,7 +1,7 @@
 """The main job: the whole migration loop on the shipped pack with the embedded model.
 
-    harness (embedded teacher, guided step-level rejection sampling)
-    -> curation -> eval of the base with the full prompt
+    harness (embedded teacher: guided step-level rejection sampling with the pack's hints)
+    -> curation (verified traces, plus step-verified prefixes of stopped ones) -> eval of the base with the full prompt
     -> LoRA training -> eval of the adapter (peft) and of the shipped GGUF LoRA (llama.cpp)
     -> comparison -> freeze -> sign -> ledger entries -> verify -> export
 
@@ -47,20 +47,25 @@ class Preset:
     peft_eval_limit: int         # held-out cases for the peft adapter eval (transformers)
     train: dict = field(default_factory=dict)
     max_length: int = 1024
+    # Balance floors ("dimension=value:count"): rare first decisions are oversampled so that
+    # a small set does not teach the specialist to always make the most common call.
+    floors: list = field(default_factory=list)
 
 
 PRESETS = {
     "quick": Preset(
-        name="quick", tasks=56, step_samples=4, teacher_max_tokens=160, eval_limit=35,
+        name="quick", tasks=49, step_samples=2, teacher_max_tokens=160, eval_limit=35,
         eval_mode="both", peft_eval_limit=4,
         train={"r": 16, "lora_alpha": 32, "epochs": 3.0, "batch_size": 8,
-               "learning_rate": 3e-4, "eval_steps": 20, "save_steps": 50, "max_length": 1024}),
+               "learning_rate": 5e-4, "eval_steps": 20, "save_steps": 50, "max_length": 1024},
+        floors=["tool=escalate_to_officer:12", "tool=refuse:12", "tool=search_guidance:24"]),
     "full": Preset(
         name="full", tasks=700, step_samples=6, teacher_max_tokens=200, eval_limit=None,
         eval_mode="both", peft_eval_limit=70,
         train={"r": 16, "lora_alpha": 32, "epochs": 3.0, "batch_size": 8,
                "learning_rate": 2e-4, "eval_steps": 50, "save_steps": 100, "max_length": 1024,
-               "patience": 4}),
+               "patience": 4},
+        floors=["tool=escalate_to_officer:150", "tool=refuse:150"]),
 }
 
 # Metrics shown in the closing table, in order; "rule:" rows are added per pack rule.
@@ -90,8 +95,8 @@ def run_demo(workspace: Workspace, preset: str = "quick", *, operator: str | Non
             notify("harness", done, total, f"{info['task_id']}: {info['outcome']}")
 
         run = start_run(workspace, pack=PACK, teacher="embedded", tasks=settings.tasks,
-                        step_samples=settings.step_samples, guide=True,
-                        max_tokens=settings.teacher_max_tokens, max_steps=4, prompt="full",
+                        step_samples=settings.step_samples, guide=True, hints=True,
+                        max_tokens=settings.teacher_max_tokens, max_steps=4, prompt="teacher",
                         progress=harness_progress)
         record.update(run_id=run["id"], summary=summarise_run(workspace.store(), run["id"]))
 
@@ -100,7 +105,8 @@ def run_demo(workspace: Workspace, preset: str = "quick", *, operator: str | Non
 
         curated = curate(workspace.store(), workspace,
                          CurationConfig(runs=[run["id"]], pack=PACK, base="embedded",
-                                        max_length=settings.max_length, per_task=1))
+                                        max_length=settings.max_length, per_task=1,
+                                        verified_prefixes=True, floors=settings.floors))
         record.update(dataset_id=curated["dataset_id"], funnel=curated["funnel"],
                       split_sizes=curated["split_sizes"], leakage=curated["leakage"])
 

@@ -3,11 +3,19 @@
 `AgentLoop.run_task` drives one conversation: the model sees the system prompt, the tools and
 the history and emits tool calls; each call's arguments are validated against the tool's JSON
 Schema, the tool runs with a timeout, and its result goes back to the model, until a terminal
-tool (answer, refuse, escalate), the step limit or the token limit. With `step_samples` K > 1 each step draws up to K
-candidate actions and keeps the first that a step verifier accepts (step-level rejection
-sampling: a weak teacher then yields far more verified traces per minute than whole-trace
-sampling). Every failure becomes an
-entry in the trace's `errors` with its kind, and never escapes as an exception:
+tool (answer, refuse, escalate), the step limit or the token limit. With `step_samples`
+K > 1 each step draws up to K candidate actions and keeps the first that a step verifier
+accepts (step-level rejection sampling: a weak teacher then yields far more verified traces
+per minute than whole-trace sampling).
+
+Two aids exist for teachers too weak to produce verified traces on their own. `guide`
+starts each action with the tool the task expects next; `hints` adds the pack's note for the
+expected call (arguments, facts to state) to the teacher's prompt only, a form of STaR-style
+rationalization. The recorded trace never contains the note, and each step records the
+guided tool and the hint it was given.
+
+Every failure becomes an entry in the trace's `errors` with its kind, and never escapes as
+an exception:
 
     unparseable_output   the output holds no parseable tool call
     unknown_tool         the call names a tool the pack does not have
@@ -102,7 +110,7 @@ class AgentLoop:
 
     def __init__(self, pack: Pack, runtime: Runtime, sampling: Sampling,
                  limits: Limits | None = None, prompt: str = "full", step_samples: int = 1,
-                 guide: bool = False):
+                 guide: bool = False, hints: bool = False):
         self.pack = pack
         # Guided sampling starts each action with the tool name that the task's
         # `expected.calls` lists next; the model writes the arguments and answers, and a
@@ -111,12 +119,22 @@ class AgentLoop:
         if guide and not runtime.supports_prefix:
             raise ReckonError(f"guided sampling needs a completion runtime; {runtime.kind} "
                               "applies its own chat template")
+        # Hints (STaR-style rationalization): the teacher's prompt gets a note from the
+        # pack's step_hint, written from the task's expectations, after the latest turn.
+        # The recorded trace never contains the note, so training examples are the plain
+        # conversation; each step records the hint it was given.
+        if hints and pack.step_hint is None:
+            raise ReckonError(f"pack {pack.id} has no step_hint, so hints cannot be used")
+        self.hints = hints
         # NOTE: with step_samples > 1 the tool calls of rejected candidates are executed
         # too, which is only safe for tools without side effects (true of the shipped pack).
         self.step_samples = max(1, step_samples)
         self.runtime = runtime
         self.sampling = sampling
         self.limits = limits or Limits()
+        if prompt not in pack.prompts:
+            raise ReckonError(f"pack {pack.id} has no prompt {prompt!r}; it has "
+                              f"{', '.join(sorted(pack.prompts))}")
         self.system_prompt = pack.prompts[prompt]
         self.tools = pack.openai_tools()
         self.validators = {name: jsonschema.Draft202012Validator(tool.parameters)
@@ -193,6 +211,11 @@ class AgentLoop:
         prefix = self._guide_prefix(task, messages)
         if prefix:
             step_record["guided_tool"] = prefix.split('"name": "')[1].split('"')[0]
+        shown = messages
+        hint = self._hint(task, messages)
+        if hint:
+            step_record["hint"] = hint
+            shown = messages + [{"role": "system", "content": hint}]
         sampling_tokens = 0
         for candidate in range(self.step_samples):
             candidate_sampling = sampling
@@ -201,9 +224,15 @@ class AgentLoop:
                 candidate_sampling = Sampling(**{**sampling.to_dict(),
                                                  "temperature": max(sampling.temperature, 0.8),
                                                  "seed": sampling.seed + 104729 * candidate})
+            # With several candidates the first decodes freely: a grammar costs about 3x
+            # per token on llama.cpp and a guided teacher rarely needs it. Candidates drawn
+            # after a rejection, or a lone candidate, are constrained to the tool's schema
+            # where the runtime can.
+            constrain = candidate > 0 or self.step_samples == 1
+            schema = self._guide_schema(prefix) if constrain else None
             try:
-                generation = self.runtime.chat(messages, self.tools, candidate_sampling, prefix,
-                                               self._guide_schema(prefix))
+                generation = self.runtime.chat(shown, self.tools, candidate_sampling, prefix,
+                                               schema)
             except ContextOverflow as error:
                 self._fail(record, step_record, "context_overflow", str(error))
                 record.outcome = "context_overflow"
@@ -242,6 +271,21 @@ class AgentLoop:
         name = prefix.split('"name": "')[1].split('"')[0]
         tool = self.pack.tools.get(name)
         return tool.parameters if tool is not None else None
+
+    def _hint(self, task: dict, messages: list[dict]) -> str | None:
+        """Return the pack's hint for the next expected call, when hints are on."""
+        if not self.hints:
+            return None
+        expected = (task.get("expected") or {}).get("calls") or []
+        made = calls_made(messages)
+        if made >= len(expected):
+            return None
+        try:
+            return self.pack.step_hint(task, expected[made], made)
+        except Exception as error:          # a pack bug must not end the run
+            log.warning("step_hint of pack %s failed on task %s: %s", self.pack.id,
+                        task.get("id"), error)
+            return None
 
     def _guide_prefix(self, task: dict, messages: list[dict]) -> str | None:
         if not self.guide:
@@ -375,13 +419,13 @@ def trace_row(run: dict, record: TraceRecord, tools: list[dict]) -> dict:
 
 def create_run(store: Store, pack: Pack, runtime: Runtime, *, tasks: list[dict], samples: int,
                concurrency: int, sampling: Sampling, limits: Limits, prompt: str,
-               step_samples: int = 1, guide: bool = False) -> dict:
+               step_samples: int = 1, guide: bool = False, hints: bool = False) -> dict:
     run = {
         "id": new_id("run"), "pack_id": pack.id, "pack_version": pack.version,
         "pack_digest": pack.digest, "teacher": runtime.identity(), "sampling": sampling.to_dict(),
         "config": {"tasks": tasks, "samples": samples, "concurrency": concurrency,
                    "limits": limits.__dict__, "prompt": prompt, "pack_path": str(pack.path),
-                   "step_samples": step_samples, "guide": guide},
+                   "step_samples": step_samples, "guide": guide, "hints": hints},
         "tools": pack.openai_tools(), "status": "running", "created_at": now(),
         "updated_at": now(), "n_tasks": len(tasks), "n_samples": samples, "n_traces": 0,
     }
@@ -415,7 +459,8 @@ def execute_run(store: Store, run: dict, pack: Pack, runtime: Runtime,
     sampling = Sampling.from_dict(run["sampling"])
     loop = AgentLoop(pack, runtime, sampling, limits, prompt=run["config"]["prompt"],
                      step_samples=run["config"].get("step_samples", 1),
-                     guide=run["config"].get("guide", False))
+                     guide=run["config"].get("guide", False),
+                     hints=run["config"].get("hints", False))
     work = pending_work(store, run)
     total = run["n_tasks"] * run["n_samples"]
     finished = total - len(work)
@@ -471,7 +516,7 @@ def start_run(workspace: Workspace, *, pack: str, teacher: str, tasks: int, samp
               concurrency: int = 1, temperature: float | None = None, max_tokens: int = 256,
               seed: int = 0, prompt: str = "full", max_steps: int = 8,
               task_source: str | None = None, step_samples: int = 1, guide: bool = False,
-              progress: Callable[[int, int, dict], None] | None = None) -> dict:
+              hints: bool = False, progress: Callable[[int, int, dict], None] | None = None) -> dict:
     if tasks < 1:
         raise ReckonError(f"--tasks must be at least 1, got {tasks}")
     if samples < 1:
@@ -487,7 +532,7 @@ def start_run(workspace: Workspace, *, pack: str, teacher: str, tasks: int, samp
         run = create_run(store, pack_obj, runtime, tasks=task_list, samples=samples,
                          concurrency=concurrency, sampling=sampling,
                          limits=Limits(max_steps=max_steps), prompt=prompt,
-                         step_samples=step_samples, guide=guide)
+                         step_samples=step_samples, guide=guide, hints=hints)
         return execute_run(store, run, pack_obj, runtime, progress)
     finally:
         runtime.close()

@@ -21,7 +21,8 @@ implementations, rule checkers and task generators:
         critical: true
     task_checker: check_expected_outcome       # fn(TraceView) -> RuleVerdict
     step_checker: check_step                   # fn(TraceView, CallRecord) -> RuleVerdict
-    prompts: {full: prompts/full.md, compact: prompts/compact.md}
+    step_hint: write_hint                      # fn(task, next_tool, calls_made) -> str | None
+    prompts: {full: prompts/full.md, compact: prompts/compact.md}   # more names allowed
     tasks:
       - {name: generated, generator: generate_tasks}   # fn(n, seed) -> list[dict]
       - {name: extra, file: tasks/extra.jsonl}
@@ -112,6 +113,9 @@ class Pack:
     #: fn(TraceView, CallRecord) -> RuleVerdict: judges one executed call (step-level
     #: rejection sampling in the harness); optional
     step_checker: Callable[["TraceView", "CallRecord"], RuleVerdict] | None = None
+    #: fn(task, next_tool, calls_made) -> str | None: a teacher hint drawn from the task's
+    #: expectations (harness `hints`); never part of a recorded trace; optional
+    step_hint: Callable[[dict, str, int], str | None] | None = None
     setup: Callable[[Path], Any] | None = None
     module: Any = None
 
@@ -363,9 +367,10 @@ def _load(folder: Path, digest: str) -> Pack:
 
     prompts: dict[str, str] = {}
     prompt_entries = require("prompts", dict)
-    for kind in ("full", "compact"):
+    # full and compact are required; a pack may name more (e.g. a teacher prompt).
+    for kind in ["full", "compact", *sorted(set(prompt_entries) - {"full", "compact"})]:
         relative = prompt_entries.get(kind)
-        if not relative:
+        if not relative or not isinstance(relative, str):
             raise PackError(manifest_path, f"prompts.{kind}", "missing")
         prompt_path = folder / relative
         if not prompt_path.is_file():
@@ -400,6 +405,8 @@ def _load(folder: Path, digest: str) -> Pack:
         if manifest.get("task_checker") else None,
         step_checker=function(manifest["step_checker"], "step_checker")
         if manifest.get("step_checker") else None,
+        step_hint=function(manifest["step_hint"], "step_hint")
+        if manifest.get("step_hint") else None,
         setup=function(manifest["setup"], "setup") if manifest.get("setup") else None,
         module=module,
     )

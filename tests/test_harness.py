@@ -223,3 +223,47 @@ def test_guided_sampling_rejects_chat_runtimes(tiny_pack, monkeypatch):
     monkeypatch.setattr(type(runtime), "supports_prefix", False)
     with pytest.raises(ReckonError, match="guided sampling needs a completion runtime"):
         AgentLoop(tiny_pack, runtime, Sampling(), guide=True)
+
+
+def test_hints_reach_the_teacher_but_not_the_trace(tiny_pack):
+    import dataclasses
+
+    pack = dataclasses.replace(tiny_pack, step_hint=lambda task, tool, made: f"(note: use {tool})")
+    task = {**TASK, "expected": {**TASK["expected"], "calls": ["add", "answer"]}}
+    runtime = ScriptedRuntime([call("add", a=2, b=3), call("answer", text="It is 5.")])
+    loop = AgentLoop(pack, runtime, Sampling(), Limits(max_steps=3), hints=True)
+    record = loop.run_task(task)
+    assert record.outcome == "answer"
+    assert "\n(note: use add)\nModel:" in runtime.prompts[0]
+    assert "(note: use answer)" in runtime.prompts[1]
+    assert "(note: use add)" not in runtime.prompts[1]
+    assert all("(note:" not in str(message.get("content")) for message in record.messages)
+    assert [step["hint"] for step in record.steps] == ["(note: use add)", "(note: use answer)"]
+
+
+def test_hints_need_a_pack_with_step_hint(tiny_pack):
+    from appliance.errors import ReckonError
+
+    with pytest.raises(ReckonError, match="has no step_hint"):
+        AgentLoop(tiny_pack, ScriptedRuntime([]), Sampling(), hints=True)
+
+
+def test_a_failing_step_hint_does_not_end_the_run(tiny_pack):
+    import dataclasses
+
+    def broken(task, tool, made):
+        raise KeyError("rate")
+
+    pack = dataclasses.replace(tiny_pack, step_hint=broken)
+    task = {**TASK, "expected": {**TASK["expected"], "calls": ["add", "answer"]}}
+    runtime = ScriptedRuntime([call("add", a=2, b=3), call("answer", text="It is 5.")])
+    record = AgentLoop(pack, runtime, Sampling(), Limits(max_steps=3), hints=True).run_task(task)
+    assert record.outcome == "answer"
+    assert "hint" not in record.steps[0]
+
+
+def test_unknown_prompt_name_is_reported(tiny_pack):
+    from appliance.errors import ReckonError
+
+    with pytest.raises(ReckonError, match="has no prompt 'teacher'; it has compact, full"):
+        AgentLoop(tiny_pack, ScriptedRuntime([]), Sampling(), prompt="teacher")

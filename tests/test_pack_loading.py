@@ -103,6 +103,25 @@ def test_missing_prompt_file(pack_copy):
     assert "'prompts/compact.md' not found" in error.problem
 
 
+def test_extra_prompt_loads_and_must_exist(pack_copy):
+    from appliance.packs import load_pack
+
+    assert "teacher" in load_pack(pack_copy).prompts
+    (pack_copy / "prompts" / "teacher.md").unlink()
+    error = load_error(pack_copy)
+    assert error.field == "prompts.teacher"
+    assert "'prompts/teacher.md' not found" in error.problem
+
+
+def test_step_hint_not_in_module(pack_copy):
+    def change(manifest):
+        manifest["step_hint"] = "write_nothing"
+    edit_manifest(pack_copy, change)
+    error = load_error(pack_copy)
+    assert error.field == "step_hint"
+    assert "impl.py has no function 'write_nothing'" in error.problem
+
+
 def test_unknown_terminal_tool(pack_copy):
     def change(manifest):
         manifest["terminal_tools"].append("hang_up")

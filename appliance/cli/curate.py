@@ -8,7 +8,7 @@ from appliance.cli import pass_app
 from appliance.cli.output import console, emit_json, print_table, progress_bar
 from appliance.errors import ReckonError
 
-FUNNEL_STEPS = ("traces_in", "verified", "selected", "split", "deduplicated",
+FUNNEL_STEPS = ("traces_in", "verified", "verified_prefixes", "selected", "split", "deduplicated",
                 "leakage_dropped", "balanced", "rendered")
 
 
@@ -41,9 +41,12 @@ FUNNEL_STEPS = ("traces_in", "verified", "selected", "split", "deduplicated",
               show_default=True, help="Tool listing style of the specialist format.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Processes that verify traces in parallel.")
+@click.option("--verified-prefixes", is_flag=True,
+              help="Also keep the step-verified decisions of traces that step-level rejection "
+                   "sampling stopped, for tasks without a verified whole trace.")
 @pass_app
 def command(app, runs, all_runs, pack, base, max_length, per_task, validation_fraction, floors,
-            caps, max_repeat, prompt_kind, tool_style, workers):
+            caps, max_repeat, prompt_kind, tool_style, workers, verified_prefixes):
     """Verify, select, split, deduplicate, balance and render traces into a dataset."""
     from appliance import jobs
     from appliance.curation.balance import parse_limit
@@ -59,7 +62,8 @@ def command(app, runs, all_runs, pack, base, max_length, per_task, validation_fr
               "pack": pack, "base": base, "max_length": max_length, "per_task": per_task,
               "validation_fraction": validation_fraction, "floors": list(floors),
               "caps": list(caps), "max_repeat": max_repeat, "prompt_kind": prompt_kind,
-              "tool_style": tool_style, "workers": workers}
+              "tool_style": tool_style, "workers": workers,
+              "verified_prefixes": verified_prefixes}
     with progress_bar("curate", None, enabled=not app.json_output) as listener:
         job_id, result = jobs.run_inline(app.workspace, "curate", params, listener)
     result = dict(result, job_id=job_id)
@@ -72,7 +76,9 @@ def command(app, runs, all_runs, pack, base, max_length, per_task, validation_fr
 def print_funnel(result: dict) -> None:
     funnel = result["funnel"]
     print_table(["stage", "count"], [(step.replace("_", " "), funnel.get(step, 0))
-                                     for step in FUNNEL_STEPS], title="Curation funnel")
+                                     for step in FUNNEL_STEPS
+                                     if step in funnel or step != "verified_prefixes"],
+                title="Curation funnel")
     print_table(["filter", "in", "out"], [(entry["filter"], entry["in"], entry["out"])
                                           for entry in result["filters"]], title="Filters")
     reasons = {key: value for key, value in result["verification"].items()

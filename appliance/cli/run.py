@@ -21,20 +21,24 @@ from appliance.cli.output import emit_json, print_table, progress_bar
 @click.option("--guide", is_flag=True,
               help="Start each action with the tool the task expects next (for weak teachers); "
                    "the model writes arguments and answers, and the trace records it.")
+@click.option("--hints", is_flag=True,
+              help="Give the teacher the pack's hint for each expected call (STaR-style "
+                   "rationalization, for weak teachers); recorded traces never contain it.")
 @click.option("--concurrency", type=int, default=1, show_default=True,
               help="Conversations in flight at once (server backends only).")
 @click.option("--temperature", type=float, default=None,
               help="Sampling temperature [default: 0 for one sample, 0.8 for several].")
 @click.option("--max-tokens", type=int, default=256, show_default=True, help="Max new tokens per step.")
 @click.option("--max-steps", type=int, default=8, show_default=True, help="Max model steps per task.")
-@click.option("--prompt", type=click.Choice(["full", "compact"]), default="full", show_default=True,
-              help="System prompt of the pack to use.")
+@click.option("--prompt", default="full", show_default=True,
+              help="System prompt of the pack to use (full, compact, or another the pack names, "
+                   "such as the entitlements pack's teacher prompt for --hints).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for task draws and sampling.")
 @click.option("--task-source", default=None, help="Draw tasks from this task source of the pack only.")
 @click.option("--resume", "resume_id", default=None, metavar="RUN_ID",
               help="Finish an interrupted run instead of starting a new one.")
 @pass_app
-def command(app, pack, teacher, n_tasks, samples, step_samples, guide, concurrency, temperature, max_tokens, max_steps,
+def command(app, pack, teacher, n_tasks, samples, step_samples, guide, hints, concurrency, temperature, max_tokens, max_steps,
             prompt, seed, task_source, resume_id):
     """Run a tool pack's tasks against a teacher model and record every trace."""
     from appliance import jobs
@@ -46,7 +50,7 @@ def command(app, pack, teacher, n_tasks, samples, step_samples, guide, concurren
         total = None
     else:
         params = dict(pack=pack, teacher=teacher, tasks=n_tasks, samples=samples,
-                      step_samples=step_samples, guide=guide,
+                      step_samples=step_samples, guide=guide, hints=hints,
                       concurrency=concurrency, temperature=temperature, max_tokens=max_tokens,
                       max_steps=max_steps, prompt=prompt, seed=seed, task_source=task_source)
         total = n_tasks * samples

@@ -56,6 +56,10 @@ class CurationConfig:
     prompt_kind: str = "compact"
     tool_style: str = "compact"
     workers: int = 1
+    # Keep the step-verified decisions of traces that step-level rejection sampling stopped
+    # (each passed the step verifier, the rules hold on the prefix), for tasks without a
+    # verified whole trace.
+    verified_prefixes: bool = False
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -124,17 +128,20 @@ def _loads(text: Any) -> Any:
 class _GroupProcessor:
     """Verifies and selects within one task group. Lives in each worker process."""
 
-    def __init__(self, pack: Pack, reviews: dict[str, review.Decision], per_task: int):
+    def __init__(self, pack: Pack, reviews: dict[str, review.Decision], per_task: int,
+                 verified_prefixes: bool = False):
         self.pack = pack
         self.verifier = verify.Verifier(pack)
         self.reviews = reviews
         self.per_task = per_task
+        self.verified_prefixes = verified_prefixes
         self.moment = now()
 
     def process(self, rows: list[tuple]) -> tuple[list[tuple], Counter, list[SelectedTrace]]:
         verdict_rows: list[tuple] = []
         counts: Counter = Counter()
         candidates: list[Candidate] = []
+        prefix_candidates: list[Candidate] = []
         details: dict[str, tuple] = {}
         key_cache: dict = {}
         # Identical samples (a greedy teacher repeats itself) are verified once.
@@ -195,25 +202,49 @@ class _GroupProcessor:
                 counts["review_override_unusable"] += 1
                 included = False
             if not included:
+                if (self.verified_prefixes and decision is None and variant == verify.ORIGINAL
+                        and outcome == "step_rejected" and _usable(messages)):
+                    prefix = verify.step_verified_prefix(messages, errors)
+                    if prefix:
+                        prefix_verdict = self.verifier.verify_prefix(task, prefix)
+                        verdict_rows.append(verify.verdict_row(
+                            trace_id, verify.PREFIX, self.pack.digest, prefix_verdict,
+                            self.moment))
+                        if prefix_verdict.verified:
+                            counts["verified_prefixes"] += 1
+                            prefix_candidates.append(self._candidate(
+                                trace_id, prefix, key_cache))
+                            details[trace_id] = (task_id, run_id, verify.PREFIX, task, prefix,
+                                                 outcome, dedup.message_keys(prefix, key_cache),
+                                                 prefix_verdict.rules)
                 continue
             counts["included"] += 1
-            keys = dedup.message_keys(messages, key_cache)
-            actions = [index for index, message in enumerate(messages)
-                       if message.get("role") == "assistant"]
-            signature = tuple(hashlib.blake2b(keys[index], digest_size=8).digest()
-                              for index in actions)
-            characters = sum(len(keys[index]) for index in actions)
-            candidates.append(Candidate(trace_id, len(actions), characters, signature))
-            details[trace_id] = (task_id, run_id, variant, task, messages, outcome, keys,
-                                 verdict.rules)
+            candidates.append(self._candidate(trace_id, messages, key_cache))
+            details[trace_id] = (task_id, run_id, variant, task, messages, outcome,
+                                 dedup.message_keys(messages, key_cache), verdict.rules)
 
+        # A task's verified whole traces win; its verified prefixes count only without one.
+        chosen = select(candidates, self.per_task)
+        if not chosen and prefix_candidates:
+            chosen = select(prefix_candidates, self.per_task)
+            counts["prefixes_selected"] += len(chosen)
         selected = []
-        for candidate in select(candidates, self.per_task):
+        for candidate in chosen:
             task_id, run_id, variant, task, messages, outcome, keys, rules = details[candidate.trace_id]
             selected.append(self._selected(candidate.trace_id, task_id, run_id, variant, task,
                                            messages, outcome, keys, rules, counts))
         counts["selected"] += len(selected)
         return verdict_rows, counts, selected
+
+    @staticmethod
+    def _candidate(trace_id: str, messages: list[dict], key_cache: dict) -> Candidate:
+        keys = dedup.message_keys(messages, key_cache)
+        actions = [index for index, message in enumerate(messages)
+                   if message.get("role") == "assistant"]
+        signature = tuple(hashlib.blake2b(keys[index], digest_size=8).digest()
+                          for index in actions)
+        characters = sum(len(keys[index]) for index in actions)
+        return Candidate(trace_id, len(actions), characters, signature)
 
     def _selected(self, trace_id, task_id, run_id, variant, task, messages, outcome, keys,
                   rules, counts) -> SelectedTrace:
@@ -390,14 +421,17 @@ def plan(store: Store, config: CurationConfig,
                              total, progress)
     timings["verify_select"] = time.perf_counter() - started
 
-    funnel = {"traces_in": counts["traces_in"], "verified": counts["included"],
-              "selected": counts["selected"]}
+    funnel = {"traces_in": counts["traces_in"], "verified": counts["included"]}
+    if config.verified_prefixes:
+        funnel["verified_prefixes"] = counts["verified_prefixes"]
+    funnel["selected"] = counts["selected"]
     examples_total = sum(len(trace.examples) for trace in selected)
     funnel["split"] = examples_total
     filters = [
         {"filter": "verification", "in": counts["traces_in"], "out": counts["included"]},
-        {"filter": "rejection_sampling", "in": counts["included"], "out": counts["selected"],
-         "per_task": config.per_task},
+        {"filter": "rejection_sampling", "in": counts["included"] + counts["verified_prefixes"],
+         "out": counts["selected"], "per_task": config.per_task,
+         "prefixes_selected": counts["prefixes_selected"]},
         {"filter": "decision_split", "in": counts["selected"], "out": examples_total},
     ]
 
@@ -437,7 +471,7 @@ def plan(store: Store, config: CurationConfig,
                     if key.startswith(("stage.", "reason.")) or key in (
                         "pack_digest_differs", "stored_verdicts_disagree", "review_rejected",
                         "review_override_included", "review_override_unusable",
-                        "assistant_turns_before_request",
+                        "assistant_turns_before_request", "verified_prefixes",
                         "identical_samples")}
     log.info("curation plan: %s", funnel)
     return Plan(config, pack, runs, funnel, filters, verification, train + validation,
@@ -448,7 +482,7 @@ def _scan(store: Store, pack: Pack, runs: list[str] | None, config: CurationConf
           progress) -> tuple[Counter, list[SelectedTrace]]:
     global _WORKER, _WORKER_DB, _WORKER_RUNS
     reviews = review.decisions(store)
-    processor = _GroupProcessor(pack, reviews, config.per_task)
+    processor = _GroupProcessor(pack, reviews, config.per_task, config.verified_prefixes)
     counts: Counter = Counter()
     selected: list[SelectedTrace] = []
     pending_rows: list[tuple] = []

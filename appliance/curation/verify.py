@@ -42,6 +42,8 @@ VALIDITY_CACHE_SIZE = 200_000
 
 # The original trace; a review edit is verified as its own variant named by the edit id.
 ORIGINAL = "original"
+# The step-verified prefix of a trace that step-level rejection sampling stopped.
+PREFIX = "prefix"
 
 
 @dataclass
@@ -98,6 +100,41 @@ class Verifier:
         if reasons:
             return Verdict("execution", False, reasons)
         reasons, rules = self._policy(task, messages, outcome)
+        if reasons:
+            return Verdict("policy", False, reasons, rules)
+        return Verdict(COMPLETE, True, [], rules)
+
+    def verify_prefix(self, task: Any, messages: list[dict]) -> Verdict:
+        """Verify the unfinished start of a trace: the decisions before a rejected step.
+
+        Format and execution as for a whole trace; then every rule checker must not fail
+        on the prefix and the pack's step checker must accept every call. The task checker
+        is left out because the prefix has no final decision.
+        """
+        self._parse_in_place = False
+        reasons = self._format(task, messages, None, None)
+        if reasons:
+            return Verdict("format", False, reasons)
+        reasons = self._execution(messages, PREFIX, None, None)
+        if reasons:
+            return Verdict("execution", False, reasons)
+        view = TraceView(task, messages, None)
+        verdicts = self.pack.verdicts(view)
+        rules = {rule_id: verdict.get("passed") for rule_id, verdict in verdicts.items()
+                 if rule_id != "task"}
+        reasons = [Reason("policy", "rule_failed",
+                          f"rule {rule_id}: {verdicts[rule_id].get('reason') or 'failed'}")
+                   for rule_id, passed in rules.items() if passed is False]
+        if self.pack.step_checker is None:
+            reasons.append(Reason("policy", "no_step_checker",
+                                  f"pack {self.pack.id} has no step_checker, so the steps of "
+                                  "an unfinished trace cannot be checked"))
+        else:
+            for step, record in enumerate(view.calls):
+                verdict = self.pack.step_checker(view, record)
+                if verdict.passed is False:
+                    reasons.append(Reason("policy", "step_failed",
+                                          f"step {step}: {verdict.reason}", step))
         if reasons:
             return Verdict("policy", False, reasons, rules)
         return Verdict(COMPLETE, True, [], rules)
@@ -253,6 +290,26 @@ class Verifier:
                                   f"pack {self.pack.id} has no task_checker, so the expected "
                                   "outcome cannot be checked"))
         return reasons, rules
+
+
+def step_verified_prefix(messages: list[dict], errors: Any) -> list[dict] | None:
+    """Return the messages before the step that rejection sampling gave up on.
+
+    The harness stops a trace when every candidate of step k fails the step verifier and
+    records a "step_rejected" error with that step; the steps before k each passed it.
+    Returns None when there is no such error or no decision before step k.
+    """
+    rejected = [entry.get("step") for entry in errors or []
+                if isinstance(entry, dict) and entry.get("kind") == "step_rejected"]
+    if len(rejected) != 1 or not isinstance(rejected[0], int) or rejected[0] < 1:
+        return None
+    seen = 0
+    for index, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            if seen == rejected[0]:
+                return messages[:index]
+            seen += 1
+    return None
 
 
 def _result_error(content: Any) -> str | None:

@@ -64,7 +64,7 @@ class LlamaCppRuntime(CompletionRuntime):
         self._llm = Llama(model_path=str(self.model_path),
                           lora_path=str(self.lora_path) if self.lora_path else None,
                           n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          n_batch=512, seed=0, verbose=False)
+                          n_batch=512, seed=0, flash_attn=True, verbose=False)
         log.info("llama.cpp loaded %s (lora=%s, n_ctx=%d, threads=%d)",
                  self.model_path.name, self.lora_path, n_ctx, threads)
 
@@ -219,11 +219,10 @@ class BatchDecoder:
     between calls like Llama's own prefix cache. llama_memory_seq_cp then gives it to every
     sequence by tagging the same cells with more sequence ids.
 
-    NOTE: attention settings follow the Llama context (flash attention off, full-size SWA
+    NOTE: attention settings follow the Llama context (flash attention on, full-size SWA
     cache), so both paths compute alike. With a long shared prompt the per-row attention
-    over that cache dominates a CPU step, and batching then gains little. Flash attention
-    or a window-sized SWA cache would cut that cost, but the first changes the numerics
-    and the second breaks the prefix reuse between calls.
+    over that cache dominates a CPU step, and batching then gains little. A window-sized
+    SWA cache would cut that cost, but it breaks the prefix reuse between calls.
     """
 
     def __init__(self, llm, base_params, n_sequences: int, kv_cells: int):
@@ -340,8 +339,8 @@ class BatchDecoder:
         pending: dict[int, int] = {}          # sequence -> its next token to decode
 
         def accept(sequence: int, batch_index: int) -> None:
+            # llama_sampler_sample also accepts the token (repeat penalties see it).
             token = api.llama_sampler_sample(samplers[sequence], self._ctx, batch_index)
-            api.llama_sampler_accept(samplers[sequence], token)
             done = api.llama_vocab_is_eog(self._vocab, token)
             if not done:
                 generated[sequence].append(token)

@@ -652,6 +652,65 @@ def check_step(view: TraceView, record) -> RuleVerdict:
     return RuleVerdict(None, "no step expectation for this call")
 
 
+def _rate_sentence(rate: dict) -> str:
+    """One plain sentence that states a looked-up rate as returned."""
+    what = rate["rate_type"].replace("_", " ")
+    unit = rate["unit"].replace("base_hourly", "the base hourly rate")
+    return (f"The {what} for {rate['classification']} under the {rate['award']} is"
+            f" {rate['value']:g} {unit}, in effect from {rate['effective_date']}.")
+
+
+def _passage_text(passage_id: str) -> str:
+    with _GENERATOR_LOCK:
+        row = _generator_context().connection.execute(
+            "SELECT text FROM passages WHERE passage_id = ?", (passage_id,)).fetchone()
+    return row["text"] if row is not None else ""
+
+
+def write_hint(task: dict, next_tool: str, calls_made: int) -> str | None:
+    """Write the teacher's note for the next expected call, from the task's expectations.
+
+    The harness shows it to a weak teacher as an extra turn (rationalization) and never
+    records it: the teacher still writes the call and the answer itself, and every step is
+    verified as usual. Returns None when the task expects nothing specific of this call.
+    """
+    expected = task.get("expected") or {}
+    rate = expected.get("rate")
+    passage_ids = expected.get("passage_ids") or []
+    note = None
+    if next_tool == "lookup_rate" and rate:
+        fields = [f'award "{rate["award"]}"', f'classification "{rate["classification"]}"',
+                  f'rate_type "{rate["rate_type"]}"']
+        if rate.get("requested_date"):
+            fields.append(f'effective_date "{rate["requested_date"]}"')
+        note = f"call lookup_rate with {', '.join(fields)}."
+    elif next_tool == "search_guidance" and passage_ids:
+        with _GENERATOR_LOCK:
+            row = _generator_context().connection.execute(
+                "SELECT title FROM passages WHERE passage_id = ?", (passage_ids[0],)).fetchone()
+        if row is not None:
+            note = f'call search_guidance with the query "{row["title"].lower()}".'
+    elif next_tool == "refuse" and expected.get("refusal_category"):
+        note = f'call refuse with category "{expected["refusal_category"]}".'
+    elif next_tool == "final_answer":
+        # A 270M base writes unusable answers unaided; the note gives it the facts to state
+        # and an example sentence, and the verifier still checks what it writes.
+        if expected.get("outcome") == "silent":
+            note = ('the passages do not answer the question. Answer "The guidance is silent on'
+                    ' this, so I cannot tell you more." with citations [].')
+        elif rate or passage_ids:
+            parts = []
+            if rate:
+                parts.append(_rate_sentence(rate))
+            if passage_ids:
+                parts.append(_passage_text(passage_ids[0]))
+            citations = json.dumps(passage_ids[:1])
+            note = f'answer "{" ".join(parts)}" with citations {citations}.'
+    if note and expected.get("identifiers"):
+        note += " Do not repeat the enquirer's identifiers."
+    return f"(Desk note: {note})" if note else None
+
+
 def _check_expected_rate(view: TraceView, rate: dict, text: str) -> RuleVerdict | None:
     matching = [record for record in view.calls_named("lookup_rate")
                 if isinstance(record.result, dict)
