@@ -56,7 +56,7 @@ PRESETS = {
     "quick": Preset(
         name="quick", tasks=49, step_samples=2, teacher_max_tokens=160, eval_limit=35,
         eval_mode="both", peft_eval_limit=4,
-        train={"r": 16, "lora_alpha": 32, "epochs": 3.0, "batch_size": 8,
+        train={"r": 16, "lora_alpha": 32, "epochs": 4.0, "batch_size": 8,
                "learning_rate": 5e-4, "eval_steps": 20, "save_steps": 50, "max_length": 1024},
         floors=["tool=escalate_to_officer:12", "tool=refuse:12", "tool=search_guidance:24"]),
     "full": Preset(
