@@ -272,16 +272,22 @@ class AgentLoop:
         tool = self.pack.tools.get(name)
         return tool.parameters if tool is not None else None
 
+    @staticmethod
+    def _next_expected_call(task: dict, messages: list[dict]) -> tuple[str | None, int]:
+        """Return the tool the task's `expected.calls` lists next (or None) and calls made."""
+        expected = (task.get("expected") or {}).get("calls") or []
+        made = calls_made(messages)
+        return (expected[made] if made < len(expected) else None), made
+
     def _hint(self, task: dict, messages: list[dict]) -> str | None:
         """Return the pack's hint for the next expected call, when hints are on."""
         if not self.hints:
             return None
-        expected = (task.get("expected") or {}).get("calls") or []
-        made = calls_made(messages)
-        if made >= len(expected):
+        tool, made = self._next_expected_call(task, messages)
+        if tool is None:
             return None
         try:
-            return self.pack.step_hint(task, expected[made], made)
+            return self.pack.step_hint(task, tool, made)
         except Exception as error:          # a pack bug must not end the run
             log.warning("step_hint of pack %s failed on task %s: %s", self.pack.id,
                         task.get("id"), error)
@@ -290,13 +296,12 @@ class AgentLoop:
     def _guide_prefix(self, task: dict, messages: list[dict]) -> str | None:
         if not self.guide:
             return None
-        expected = (task.get("expected") or {}).get("calls") or []
-        made = calls_made(messages)
-        if made >= len(expected):
+        tool, _ = self._next_expected_call(task, messages)
+        if tool is None:
             return None
         # Ends at '"arguments":', a token boundary in the Gemma vocabulary, so the model
         # continues with ' {"' exactly as the full rendering tokenizes.
-        return f' <tool_call>{{"name": "{expected[made]}", "arguments":'
+        return f' <tool_call>{{"name": "{tool}", "arguments":'
 
     def _attempt(self, generation, messages: list[dict], step: int) -> "Attempt":
         """Turn one generation into the messages it adds, running its tool calls."""

@@ -93,12 +93,9 @@ class Verifier:
         that the caller decoded for this call.
         """
         self._parse_in_place = parse_in_place
-        reasons = self._format(task, messages, errors, steps)
-        if reasons:
-            return Verdict("format", False, reasons)
-        reasons = self._execution(messages, outcome, errors, steps)
-        if reasons:
-            return Verdict("execution", False, reasons)
+        failed = self._format_and_execution(task, messages, outcome, errors, steps)
+        if failed is not None:
+            return failed
         reasons, rules = self._policy(task, messages, outcome)
         if reasons:
             return Verdict("policy", False, reasons, rules)
@@ -112,12 +109,9 @@ class Verifier:
         is left out because the prefix has no final decision.
         """
         self._parse_in_place = False
-        reasons = self._format(task, messages, None, None)
-        if reasons:
-            return Verdict("format", False, reasons)
-        reasons = self._execution(messages, PREFIX, None, None)
-        if reasons:
-            return Verdict("execution", False, reasons)
+        failed = self._format_and_execution(task, messages, PREFIX, None, None)
+        if failed is not None:
+            return failed
         view = TraceView(task, messages, None)
         verdicts = self.pack.verdicts(view)
         rules = {rule_id: verdict.get("passed") for rule_id, verdict in verdicts.items()
@@ -138,6 +132,17 @@ class Verifier:
         if reasons:
             return Verdict("policy", False, reasons, rules)
         return Verdict(COMPLETE, True, [], rules)
+
+    def _format_and_execution(self, task: Any, messages: Any, outcome: str | None,
+                              errors: Any, steps: Any) -> Verdict | None:
+        """Run the first two stages; return the failing verdict, or None when both pass."""
+        reasons = self._format(task, messages, errors, steps)
+        if reasons:
+            return Verdict("format", False, reasons)
+        reasons = self._execution(messages, outcome, errors, steps)
+        if reasons:
+            return Verdict("execution", False, reasons)
+        return None
 
     # -- format ---------------------------------------------------------------------------
 
