@@ -693,7 +693,7 @@ def write_hint(task: dict, next_tool: str, calls_made: int) -> str | None:
     elif next_tool == "refuse" and expected.get("refusal_category"):
         note = f'call refuse with category "{expected["refusal_category"]}".'
     elif next_tool == "final_answer":
-        # A 270M base writes unusable answers unaided; the note gives it the facts to state
+        # A 270M base writes unusable answers unaided. The note gives it the facts to state
         # and an example sentence, and the verifier still checks what it writes.
         if expected.get("outcome") == "silent":
             note = ('the passages do not answer the question. Answer "The guidance is silent on'
