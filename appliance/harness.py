@@ -208,14 +208,19 @@ class AgentLoop:
         """
         rejections: list[str] = []
         attempt = None
-        prefix = self._guide_prefix(task, messages)
-        if prefix:
-            step_record["guided_tool"] = prefix.split('"name": "')[1].split('"')[0]
-        shown = messages
-        hint = self._hint(task, messages)
+        expected_tool, calls_so_far = self._next_expected_call(task, messages)
+        guided_tool = expected_tool if self.guide else None
+        prefix = None
+        if guided_tool is not None:
+            step_record["guided_tool"] = guided_tool
+            # Ends at '"arguments":', a token boundary in the Gemma vocabulary, so the model
+            # continues with ' {"' exactly as the full rendering tokenizes.
+            prefix = f' <tool_call>{{"name": "{guided_tool}", "arguments":'
+        prompt_messages = messages
+        hint = self._hint(task, expected_tool, calls_so_far)
         if hint:
             step_record["hint"] = hint
-            shown = messages + [{"role": "system", "content": hint}]
+            prompt_messages = messages + [{"role": "system", "content": hint}]
         sampling_tokens = 0
         for candidate in range(self.step_samples):
             candidate_sampling = sampling
@@ -229,10 +234,10 @@ class AgentLoop:
             # after a rejection, or a lone candidate, are constrained to the tool's schema
             # where the runtime can.
             constrain = candidate > 0 or self.step_samples == 1
-            schema = self._guide_schema(prefix) if constrain else None
+            schema = self._guide_schema(guided_tool) if constrain else None
             try:
-                generation = self.runtime.chat(shown, self.tools, candidate_sampling, prefix,
-                                               schema)
+                generation = self.runtime.chat(prompt_messages, self.tools, candidate_sampling,
+                                               prefix, schema)
             except ContextOverflow as error:
                 self._fail(record, step_record, "context_overflow", str(error))
                 record.outcome = "context_overflow"
@@ -264,44 +269,31 @@ class AgentLoop:
         step_record["rejections"] = rejections
         return attempt, False
 
-    def _guide_schema(self, prefix: str | None) -> dict | None:
+    def _guide_schema(self, guided_tool: str | None) -> dict | None:
         """Return the guided tool's argument schema, used to constrain decoding where supported."""
-        if prefix is None or not self.runtime.supports_constraints:
+        if guided_tool is None or not self.runtime.supports_constraints:
             return None
-        name = prefix.split('"name": "')[1].split('"')[0]
-        tool = self.pack.tools.get(name)
+        tool = self.pack.tools.get(guided_tool)
         return tool.parameters if tool is not None else None
 
     @staticmethod
     def _next_expected_call(task: dict, messages: list[dict]) -> tuple[str | None, int]:
-        """Return the tool the task's `expected.calls` lists next (or None) and calls made."""
+        """Return the next tool in `expected.calls` (None past its end) and the calls made."""
         expected = (task.get("expected") or {}).get("calls") or []
-        made = calls_made(messages)
-        return (expected[made] if made < len(expected) else None), made
+        calls_so_far = calls_made(messages)
+        next_tool = expected[calls_so_far] if calls_so_far < len(expected) else None
+        return next_tool, calls_so_far
 
-    def _hint(self, task: dict, messages: list[dict]) -> str | None:
+    def _hint(self, task: dict, expected_tool: str | None, calls_so_far: int) -> str | None:
         """Return the pack's hint for the next expected call, when hints are on."""
-        if not self.hints:
-            return None
-        tool, made = self._next_expected_call(task, messages)
-        if tool is None:
+        if not self.hints or expected_tool is None:
             return None
         try:
-            return self.pack.step_hint(task, tool, made)
+            return self.pack.step_hint(task, expected_tool, calls_so_far)
         except Exception as error:          # a pack bug must not end the run
             log.warning("step_hint of pack %s failed on task %s: %s", self.pack.id,
                         task.get("id"), error)
             return None
-
-    def _guide_prefix(self, task: dict, messages: list[dict]) -> str | None:
-        if not self.guide:
-            return None
-        tool, _ = self._next_expected_call(task, messages)
-        if tool is None:
-            return None
-        # Ends at '"arguments":', a token boundary in the Gemma vocabulary, so the model
-        # continues with ' {"' exactly as the full rendering tokenizes.
-        return f' <tool_call>{{"name": "{tool}", "arguments":'
 
     def _attempt(self, generation, messages: list[dict], step: int) -> "Attempt":
         """Turn one generation into the messages it adds, running its tool calls."""

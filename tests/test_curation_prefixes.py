@@ -18,7 +18,7 @@ def store(workspace):
 
 
 def stopped_trace(factory, task, *, rate_type=None, rejected_at=1):
-    """A trace whose lookup passed and whose final answer every candidate got wrong."""
+    """Insert a trace whose lookup passed and whose final_answer call every candidate got wrong."""
     rate = task["expected"]["rate"]
     arguments = {"award": rate["award"], "classification": rate["classification"],
                  "rate_type": rate_type or rate["rate_type"]}

@@ -228,7 +228,8 @@ def test_guided_sampling_rejects_chat_runtimes(tiny_pack, monkeypatch):
 def test_hints_reach_the_teacher_but_not_the_trace(tiny_pack):
     import dataclasses
 
-    pack = dataclasses.replace(tiny_pack, step_hint=lambda task, tool, made: f"(note: use {tool})")
+    pack = dataclasses.replace(tiny_pack,
+                               step_hint=lambda task, tool, calls_so_far: f"(note: use {tool})")
     task = {**TASK, "expected": {**TASK["expected"], "calls": ["add", "answer"]}}
     runtime = ScriptedRuntime([call("add", a=2, b=3), call("answer", text="It is 5.")])
     loop = AgentLoop(pack, runtime, Sampling(), Limits(max_steps=3), hints=True)
@@ -248,10 +249,10 @@ def test_hints_need_a_pack_with_step_hint(tiny_pack):
         AgentLoop(tiny_pack, ScriptedRuntime([]), Sampling(), hints=True)
 
 
-def test_a_failing_step_hint_does_not_end_the_run(tiny_pack):
+def test_failing_step_hint_keeps_run(tiny_pack):
     import dataclasses
 
-    def broken(task, tool, made):
+    def broken(task, tool, calls_so_far):
         raise KeyError("rate")
 
     pack = dataclasses.replace(tiny_pack, step_hint=broken)

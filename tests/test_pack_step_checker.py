@@ -68,7 +68,7 @@ def test_hint_names_the_expected_rate_arguments():
     assert ("effective_date" in hint) == bool(rate["requested_date"])
 
 
-def test_hint_for_search_names_a_query_that_finds_the_expected_passage():
+def test_search_hint_finds_expected_passage():
     task = generated("guidance")
     hint = PACK.step_hint(task, "search_guidance", 0)
     query = hint.split('the query "')[1].split('"')[0]
@@ -85,7 +85,7 @@ def test_hint_for_refusal_and_final_answers():
     assert f"{rate['expected']['rate']['value']:g}" in PACK.step_hint(rate, "final_answer", 1)
 
 
-def test_hint_is_none_where_the_task_expects_nothing_specific():
+def test_hint_none_without_expectation():
     escalation = generated("escalation")
     assert PACK.step_hint(escalation, "escalate_to_officer", 0) is None
     assert PACK.step_hint(task_with({}), "lookup_rate", 0) is None

@@ -212,16 +212,16 @@ class _GroupProcessor:
                             self.moment))
                         if prefix_verdict.verified:
                             counts["verified_prefixes"] += 1
-                            prefix_candidates.append(self._candidate(
-                                trace_id, prefix, key_cache))
+                            keys = dedup.message_keys(prefix, key_cache)
+                            prefix_candidates.append(self._candidate(trace_id, prefix, keys))
                             details[trace_id] = (task_id, run_id, verify.PREFIX, task, prefix,
-                                                 outcome, dedup.message_keys(prefix, key_cache),
-                                                 prefix_verdict.rules)
+                                                 outcome, keys, prefix_verdict.rules)
                 continue
             counts["included"] += 1
-            candidates.append(self._candidate(trace_id, messages, key_cache))
-            details[trace_id] = (task_id, run_id, variant, task, messages, outcome,
-                                 dedup.message_keys(messages, key_cache), verdict.rules)
+            keys = dedup.message_keys(messages, key_cache)
+            candidates.append(self._candidate(trace_id, messages, keys))
+            details[trace_id] = (task_id, run_id, variant, task, messages, outcome, keys,
+                                 verdict.rules)
 
         # A task's verified whole traces win; its verified prefixes count only without one.
         chosen = select(candidates, self.per_task)
@@ -237,8 +237,7 @@ class _GroupProcessor:
         return verdict_rows, counts, selected
 
     @staticmethod
-    def _candidate(trace_id: str, messages: list[dict], key_cache: dict) -> Candidate:
-        keys = dedup.message_keys(messages, key_cache)
+    def _candidate(trace_id: str, messages: list[dict], keys: list[bytes]) -> Candidate:
         actions = [index for index, message in enumerate(messages)
                    if message.get("role") == "assistant"]
         signature = tuple(hashlib.blake2b(keys[index], digest_size=8).digest()

@@ -104,8 +104,8 @@ class Verifier:
     def verify_prefix(self, task: Any, messages: list[dict]) -> Verdict:
         """Verify the unfinished start of a trace: the decisions before a rejected step.
 
-        Format and execution as for a whole trace; then every rule checker must not fail
-        on the prefix and the pack's step checker must accept every call. The task checker
+        Format and execution are checked as for a whole trace. Then no rule checker may fail
+        on the prefix, and the pack's step checker must accept every call. The task checker
         is left out because the prefix has no final decision.
         """
         self._parse_in_place = False
@@ -300,8 +300,8 @@ class Verifier:
 def step_verified_prefix(messages: list[dict], errors: Any) -> list[dict] | None:
     """Return the messages before the step that rejection sampling gave up on.
 
-    The harness stops a trace when every candidate of step k fails the step verifier and
-    records a "step_rejected" error with that step; the steps before k each passed it.
+    The harness stops a trace when every candidate of step k fails the step verifier, and
+    records a "step_rejected" error with that step. Each step before k passed the verifier.
     Returns None when there is no such error or no decision before step k.
     """
     rejected = [entry.get("step") for entry in errors or []

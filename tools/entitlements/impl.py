@@ -653,7 +653,7 @@ def check_step(view: TraceView, record) -> RuleVerdict:
 
 
 def _rate_sentence(rate: dict) -> str:
-    """One plain sentence that states a looked-up rate as returned."""
+    """Return one plain sentence that states a looked-up rate as returned."""
     what = rate["rate_type"].replace("_", " ")
     unit = rate["unit"].replace("base_hourly", "the base hourly rate")
     return (f"The {what} for {rate['classification']} under the {rate['award']} is"
@@ -670,9 +670,9 @@ def _passage_text(passage_id: str) -> str:
 def write_hint(task: dict, next_tool: str, calls_made: int) -> str | None:
     """Write the teacher's note for the next expected call, from the task's expectations.
 
-    The harness shows it to a weak teacher as an extra turn (rationalization) and never
-    records it: the teacher still writes the call and the answer itself, and every step is
-    verified as usual. Returns None when the task expects nothing specific of this call.
+    The harness shows the note to a weak teacher as an extra line before its turn and never
+    records it. The teacher still writes the call and its final reply itself, and every step
+    is verified as usual. Returns None when the task expects nothing specific of this call.
     """
     expected = task.get("expected") or {}
     rate = expected.get("rate")
@@ -693,8 +693,8 @@ def write_hint(task: dict, next_tool: str, calls_made: int) -> str | None:
     elif next_tool == "refuse" and expected.get("refusal_category"):
         note = f'call refuse with category "{expected["refusal_category"]}".'
     elif next_tool == "final_answer":
-        # A 270M base writes unusable answers unaided. The note gives it the facts to state
-        # and an example sentence, and the verifier still checks what it writes.
+        # Unaided, a 270M base model writes final replies that fail the checks. The note gives
+        # it the facts to state and an example sentence, and the verifier still checks the call.
         if expected.get("outcome") == "silent":
             note = ('the passages do not answer the question. Answer "The guidance is silent on'
                     ' this, so I cannot tell you more." with citations [].')
