@@ -145,7 +145,7 @@ class _GroupProcessor:
         details: dict[str, tuple] = {}
         key_cache: dict = {}
         # Identical samples (a greedy teacher repeats itself) are verified once.
-        verdict_cache: dict[bytes, verify.Verdict] = {}
+        verdict_cache: dict[tuple, verify.Verdict] = {}
         for row in rows:
             (trace_id, task_id, run_id, _sample, task_text, messages_text, outcome,
              errors_text, steps_text, stored_text, trace_digest) = row
@@ -164,10 +164,10 @@ class _GroupProcessor:
                 messages, variant, errors, steps = decision.messages, decision.edit_id, None, None
             content_key = None
             if variant == verify.ORIGINAL:
-                content_key = hashlib.blake2b("\x1e".join(
-                    str(part) for part in (task_text, messages_text, outcome, errors_text,
-                                           steps_text if steps else "")).encode("utf-8"),
-                    digest_size=16).digest()
+                # The stored texts themselves are the key: Python caches a string's hash,
+                # and a hit compares the texts, so no digest of 10+ KB per trace is needed.
+                content_key = (task_text, messages_text, outcome, errors_text,
+                               steps_text if steps else "")
             verdict = verdict_cache.get(content_key) if content_key else None
             if verdict is None:
                 verdict = self.verifier.verify(task, messages, outcome, errors, steps,
@@ -415,16 +415,22 @@ def plan(store: Store, config: CurationConfig,
     total = store.count("traces", f"run_id in ({placeholders})", runs)
     timings: dict[str, float] = {}
 
+    # Deduplication runs on each selected trace as it arrives, in the same order as a pass
+    # after the scan would take, so it overlaps the workers' verification. Its own time is
+    # reported as the dedup_leakage stage and left out of verify_select.
     started = time.perf_counter()
-    counts, selected = _scan(store, pack, None if config.runs is None else runs, config,
-                             total, progress)
-    timings["verify_select"] = time.perf_counter() - started
+    deduplicator = _Deduplicator(pack, config)
+    counts = _scan(store, pack, None if config.runs is None else runs, config, total, progress,
+                   deduplicator.add)
+    kept, dedup_filters, leakage = deduplicator.finish()
+    timings["verify_select"] = time.perf_counter() - started - deduplicator.seconds
+    timings["dedup_leakage"] = deduplicator.seconds
 
     funnel = {"traces_in": counts["traces_in"], "verified": counts["included"]}
     if config.verified_prefixes:
         funnel["verified_prefixes"] = counts["verified_prefixes"]
     funnel["selected"] = counts["selected"]
-    examples_total = sum(len(trace.examples) for trace in selected)
+    examples_total = deduplicator.examples_in
     funnel["split"] = examples_total
     filters = [
         {"filter": "verification", "in": counts["traces_in"], "out": counts["included"]},
@@ -434,9 +440,6 @@ def plan(store: Store, config: CurationConfig,
         {"filter": "decision_split", "in": counts["selected"], "out": examples_total},
     ]
 
-    started = time.perf_counter()
-    kept, dedup_filters, leakage = _deduplicate(selected, pack, config)
-    timings["dedup_leakage"] = time.perf_counter() - started
     filters.extend(dedup_filters)
     funnel["deduplicated"] = dedup_filters[1]["out"]
     funnel["leakage_dropped"] = leakage["examples_dropped"]
@@ -478,19 +481,23 @@ def plan(store: Store, config: CurationConfig,
 
 
 def _scan(store: Store, pack: Pack, runs: list[str] | None, config: CurationConfig, total: int,
-          progress) -> tuple[Counter, list[SelectedTrace]]:
+          progress, on_selected: Callable[[SelectedTrace], None]) -> Counter:
+    """Verify and select every task group, in task order; return the counts.
+
+    Verdicts are written to trace_verdicts; each selected trace goes to `on_selected`.
+    """
     global _WORKER, _WORKER_DB, _WORKER_RUNS
     reviews = review.decisions(store)
     processor = _GroupProcessor(pack, reviews, config.per_task, config.verified_prefixes)
     counts: Counter = Counter()
-    selected: list[SelectedTrace] = []
     pending_rows: list[tuple] = []
 
     def absorb(result) -> None:
         verdict_rows, group_counts, group_selected = result
         pending_rows.extend(verdict_rows)
         counts.update(group_counts)
-        selected.extend(group_selected)
+        for trace in group_selected:
+            on_selected(trace)
         if len(pending_rows) >= VERDICT_FLUSH:
             verify.write_verdicts(store, pending_rows)
             pending_rows.clear()
@@ -517,66 +524,75 @@ def _scan(store: Store, pack: Pack, runs: list[str] | None, config: CurationConf
     verify.write_verdicts(store, pending_rows)
     if progress:
         progress(counts["traces_in"], total, "verified")
-    return counts, selected
+    return counts
 
 
-def _deduplicate(selected: list[SelectedTrace], pack: Pack,
-                 config: CurationConfig) -> tuple[list[ExampleRecord], list[dict], dict]:
-    """Drop near-duplicate tasks, eval leakage and exact duplicate examples, in that order."""
-    # Near duplicates across tasks, by request text. Samples of one task share a request,
-    # so the first task to claim a request keeps it and later tasks are dropped.
-    within = dedup.RequestIndex(config.near_duplicate_threshold)
-    eval_index = dedup.RequestIndex(config.leakage_threshold)
-    eval_cases = dedup.eval_requests(pack.evalset_path) if pack.evalset_path else []
-    for case_id, request in eval_cases:
-        eval_index.add(case_id, dedup.normalise_request(request))
+class _Deduplicator:
+    """Drop near-duplicate tasks, eval leakage and exact duplicate examples, trace by trace.
 
-    task_verdict: dict[str, str] = {}       # task id -> keep | near | leak
-    leaked_cases: Counter = Counter()
-    examples_in = sum(len(trace.examples) for trace in selected)
-    near_examples = 0
-    after_near: list[tuple[ExampleRecord, bool]] = []     # (example, leaked)
-    for trace in selected:
-        verdict = task_verdict.get(trace.task_id)
+    Traces must arrive in task order. Near duplicates are judged by request text: samples of
+    one task share a request, so the first task to claim a request keeps it and later tasks
+    are dropped. Exact duplicates are judged over leaked examples too, so that a copy of a
+    leaked example in another task cannot survive as a "first" occurrence.
+    """
+
+    def __init__(self, pack: Pack, config: CurationConfig):
+        self.config = config
+        self.pack = pack
+        self.within = dedup.RequestIndex(config.near_duplicate_threshold)
+        self.eval_index = dedup.RequestIndex(config.leakage_threshold)
+        self.eval_cases = dedup.eval_requests(pack.evalset_path) if pack.evalset_path else []
+        for case_id, request in self.eval_cases:
+            self.eval_index.add(case_id, dedup.normalise_request(request))
+        self.task_verdict: dict[str, str] = {}       # task id -> keep | near | leak
+        self.leaked_cases: Counter = Counter()
+        self.examples_in = 0
+        self.after_near = 0
+        self.seen: set[bytes] = set()
+        self.after_exact: list[tuple[ExampleRecord, bool]] = []     # (example, leaked)
+        self.seconds = 0.0
+
+    def add(self, trace: SelectedTrace) -> None:
+        started = time.perf_counter()
+        self.examples_in += len(trace.examples)
+        verdict = self.task_verdict.get(trace.task_id)
         if verdict is None:
-            verdict = _request_verdict(trace, within, eval_index, leaked_cases)
-            task_verdict[trace.task_id] = verdict
-        if verdict == "near":
-            near_examples += len(trace.examples)
-            continue
-        after_near.extend((example, verdict == "leak") for example in trace.examples)
+            verdict = _request_verdict(trace, self.within, self.eval_index, self.leaked_cases)
+            self.task_verdict[trace.task_id] = verdict
+        if verdict != "near":
+            self.after_near += len(trace.examples)
+            for example in trace.examples:
+                if example.digest not in self.seen:
+                    self.seen.add(example.digest)
+                    self.after_exact.append((example, verdict == "leak"))
+        self.seconds += time.perf_counter() - started
 
-    # Exact duplicates run over leaked examples too, so that a copy of a leaked example
-    # in another task cannot survive as a "first" occurrence.
-    seen: set[bytes] = set()
-    after_exact: list[tuple[ExampleRecord, bool]] = []
-    for example, leaked in after_near:
-        if example.digest in seen:
-            continue
-        seen.add(example.digest)
-        after_exact.append((example, leaked))
-    kept = [example for example, leaked in after_exact if not leaked]
-    leak_examples = len(after_exact) - len(kept)
-
-    filters = [
-        {"filter": "near_duplicate_requests", "in": examples_in, "out": len(after_near),
-         "tasks_dropped": sum(1 for v in task_verdict.values() if v == "near"),
-         "threshold": config.near_duplicate_threshold,
-         "policy": "requests with different numbers are never near duplicates"},
-        {"filter": "exact_duplicate_examples", "in": len(after_near), "out": len(after_exact)},
-        {"filter": "leakage_guard", "in": len(after_exact), "out": len(kept),
-         "tasks_dropped": sum(1 for v in task_verdict.values() if v == "leak"),
-         "eval_cases": len(eval_cases), "threshold": config.leakage_threshold},
-    ]
-    leakage = {"examples_dropped": leak_examples,
-               "tasks_dropped": filters[2]["tasks_dropped"],
-               "eval_cases": len(eval_cases),
-               "eval_cases_matched": len(leaked_cases),
-               "evalset": str(pack.evalset_path) if pack.evalset_path else None}
-    if not eval_cases:
-        log.warning("pack %s has no eval set; the leakage guard compared against nothing",
-                    pack.id)
-    return kept, filters, leakage
+    def finish(self) -> tuple[list[ExampleRecord], list[dict], dict]:
+        """Return the kept examples, the filter records and the leakage report."""
+        config = self.config
+        kept = [example for example, leaked in self.after_exact if not leaked]
+        leak_examples = len(self.after_exact) - len(kept)
+        verdicts = Counter(self.task_verdict.values())
+        filters = [
+            {"filter": "near_duplicate_requests", "in": self.examples_in, "out": self.after_near,
+             "tasks_dropped": verdicts["near"],
+             "threshold": config.near_duplicate_threshold,
+             "policy": "requests with different numbers are never near duplicates"},
+            {"filter": "exact_duplicate_examples", "in": self.after_near,
+             "out": len(self.after_exact)},
+            {"filter": "leakage_guard", "in": len(self.after_exact), "out": len(kept),
+             "tasks_dropped": verdicts["leak"],
+             "eval_cases": len(self.eval_cases), "threshold": config.leakage_threshold},
+        ]
+        leakage = {"examples_dropped": leak_examples,
+                   "tasks_dropped": verdicts["leak"],
+                   "eval_cases": len(self.eval_cases),
+                   "eval_cases_matched": len(self.leaked_cases),
+                   "evalset": str(self.pack.evalset_path) if self.pack.evalset_path else None}
+        if not self.eval_cases:
+            log.warning("pack %s has no eval set; the leakage guard compared against nothing",
+                        self.pack.id)
+        return kept, filters, leakage
 
 
 def _request_verdict(trace: SelectedTrace, within: dedup.RequestIndex,

@@ -317,9 +317,8 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= max(0.011, 0.0005 * abs(b))
 
 
-def supported_figures(view: TraceView) -> list[float]:
-    """Return the figures an answer may state: looked-up values, request and guidance
-    numbers, and products, sums and percentage applications of looked-up values."""
+def _direct_figures(view: TraceView) -> tuple[list[float], list[float], list[float]]:
+    """Return (looked-up values, request numbers and rate names, guidance numbers)."""
     looked_up = []
     rate_names = []
     for record in view.calls_named("lookup_rate"):
@@ -333,7 +332,11 @@ def supported_figures(view: TraceView) -> list[float]:
         if isinstance(record.result, dict):
             for passage in record.result.get("passages") or []:
                 guidance += _all_numbers(str(passage.get("text", "")))
+    return looked_up, given, guidance
 
+
+def _derived_figures(looked_up: list[float], given: list[float]) -> list[float]:
+    """Products, sums and percentage applications of looked-up values."""
     # NOTE: with many operands a made-up figure can match a product by chance. The set stays
     # small in practice (a few lookups and request numbers), which keeps that unlikely.
     operands = looked_up + given
@@ -345,12 +348,29 @@ def supported_figures(view: TraceView) -> list[float]:
     for x in list(derived):
         for c in operands:
             derived.update({x * c, x * c / 100})
-    return looked_up + given + guidance + sorted(derived)
+    return sorted(derived)
+
+
+def supported_figures(view: TraceView) -> list[float]:
+    """Return the figures an answer may state: looked-up values, request and guidance
+    numbers, and products, sums and percentage applications of looked-up values."""
+    looked_up, given, guidance = _direct_figures(view)
+    return looked_up + given + guidance + _derived_figures(looked_up, given)
 
 
 def unsupported_figures(view: TraceView, text: str) -> list[float]:
-    allowed = supported_figures(view)
-    return [figure for figure in figures(text) if not any(_close(figure, value) for value in allowed)]
+    stated = figures(text)
+    if not stated:
+        return []
+    looked_up, given, guidance = _direct_figures(view)
+    direct = looked_up + given + guidance
+    # Most answers repeat a looked-up value; the derived set (quadratic in the operands)
+    # is built only when some figure is not one of the direct values.
+    remaining = [figure for figure in stated if not any(_close(figure, value) for value in direct)]
+    if not remaining:
+        return []
+    derived = _derived_figures(looked_up, given)
+    return [figure for figure in remaining if not any(_close(figure, value) for value in derived)]
 
 
 _SILENCE = re.compile(
