@@ -19,7 +19,8 @@ from appliance.training.data import (IGNORE_INDEX, Example, collate,  # noqa: E4
                                      manifest_base_digest, plan_epoch, read_tokenized,
                                      tokenize_conversation)
 from appliance.training.trainer import (SupervisedLoss, cosine_with_warmup,  # noqa: E402
-                                        full_logits_loss, head_cross_entropy)
+                                        full_logits_loss, head_cross_entropy,
+                                        shared_prefix_length)
 
 def tiny_gemma(softcap: float | None = 30.0, vocab: int = 128, seed: int = 0):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -56,7 +57,8 @@ def test_config_defaults_target_all_projections():
 
 @pytest.mark.parametrize("field,value", [("r", 0), ("batch_size", -1), ("lora_dropout", 1.5),
                                          ("precision", "fp8"), ("patience", 0),
-                                         ("learning_rate", 0.0), ("target_modules", [])])
+                                         ("learning_rate", 0.0), ("target_modules", []),
+                                         ("share_prefix", "yes")])
 def test_config_rejects_invalid_field(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value})
@@ -175,6 +177,81 @@ def test_supervised_loss_matches_full_logits(softcap):
     assert len(fast_grads) == len(reference_grads)
     for fast_grad, reference_grad in zip(fast_grads, reference_grads):
         assert torch.allclose(fast_grad, reference_grad, rtol=1e-4, atol=1e-5)
+
+
+def shared_prefix_batch(vocab: int = 128, prefix: int = 24, seed: int = 1):
+    """Rows that start with the same `prefix` tokens, then differ; longer than the window."""
+    rng = random.Random(seed)
+    head = [rng.randint(4, vocab - 1) for _ in range(prefix)]
+    examples = []
+    for length in (14, 30, 9, 22):
+        tail = [rng.randint(4, vocab - 1) for _ in range(length)]
+        ids = head + tail
+        cut = prefix + rng.randint(1, 4)
+        examples.append(Example(ids, [IGNORE_INDEX] * cut + ids[cut:]))
+    return examples
+
+
+def lora_gemma(softcap: float | None = 30.0):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_gemma(softcap), LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            # peft starts B at zero; random values make the test see every LoRA gradient path.
+            torch.nn.init.normal_(param, std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_shared_prefix_loss_and_gradients_equal_full_batch(softcap):
+    model = lora_gemma(softcap)
+    examples = shared_prefix_batch()
+    input_ids, labels = collate(examples, [0, 1, 2, 3], pad_id=0)
+    causal_lm = model.get_base_model()
+    shared_fn = SupervisedLoss(causal_lm, share_prefix=True)
+    plain_fn = SupervisedLoss(causal_lm, share_prefix=False)
+
+    # 24 common tokens plus up to 30 more crosses the sliding window of 16 on both sides.
+    assert shared_prefix_length(input_ids, labels) == 24
+    shared, shared_count = shared_fn(input_ids, labels)
+    shared.backward()
+    shared_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    plain, plain_count = plain_fn(input_ids, labels)
+    plain.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    assert shared_count == plain_count == sum(e.supervised_targets for e in examples)
+    assert torch.allclose(shared, plain, rtol=1e-5, atol=1e-4)
+    assert shared_grads.keys() == plain_grads.keys() and shared_grads
+    for name, grad in shared_grads.items():
+        assert torch.allclose(grad, plain_grads[name], rtol=1e-4, atol=1e-5), name
+        assert grad.abs().sum() > 0, name
+
+
+def test_shared_prefix_stops_before_first_supervised_token():
+    ids = torch.tensor([[5] * 30 + [6, 7], [5] * 30 + [8, 9]])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 20:] = ids[0, 20:]
+    labels[1, 31:] = ids[1, 31:]
+    # Row 0 is supervised from position 20, so the hidden state at 19 must run per row.
+    assert shared_prefix_length(ids, labels) == 19
+    # Identical rows still leave the supervised part to the per-row pass.
+    assert shared_prefix_length(ids[:1].repeat(3, 1), labels[:1].repeat(3, 1)) == 19
+    # One row, or rows that differ from the first token, share nothing.
+    assert shared_prefix_length(ids[:1], labels[:1]) == 0
+    assert shared_prefix_length(torch.tensor([[1, 2], [3, 2]]), torch.tensor([[1, 2], [3, 2]])) == 0
+
+
+def test_shared_prefix_skipped_below_threshold():
+    model = tiny_gemma()
+    examples = random_examples(3)
+    input_ids, labels = collate(examples, [0, 1, 2], pad_id=0)
+    assert shared_prefix_length(input_ids, labels) < 16
+    fast, _ = SupervisedLoss(model)(input_ids, labels)
+    assert torch.allclose(fast, full_logits_loss(model, input_ids, labels), rtol=1e-5, atol=1e-4)
 
 
 def test_head_cross_entropy_chunks_agree(monkeypatch):

@@ -48,6 +48,9 @@ class TrainConfig:
     # but make batches more uniform in length, and so often in task, which made the validation
     # loss worse in short runs of benchmarks/bench_training.py.
     length_group_factor: int = 8
+    # Run a micro-batch's common leading tokens (system prompt, tool list) once instead of
+    # once per sequence; the loss and gradients are the same either way.
+    share_prefix: bool = True
 
     def __post_init__(self) -> None:
         self.target_modules = list(self.target_modules)
@@ -79,6 +82,9 @@ class TrainConfig:
                               f"got {self.precision!r}")
         if not self.target_modules:
             raise ConfigError("training config: target_modules is empty; name at least one module")
+        if not isinstance(self.share_prefix, bool):
+            raise ConfigError(f"training config: share_prefix must be true or false, "
+                              f"got {self.share_prefix!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,6 +6,12 @@ supervised are gathered. The frozen LM head and the cross-entropy then run on th
 alone, in chunks, computing the gradient for the hidden states in the same pass. With Gemma
 3's 262k vocabulary, a full-sequence LM head would otherwise dominate a small model's step.
 
+Examples rendered from one pack start with the same system prompt and tool list, often most
+of their tokens. When every sequence of a micro-batch starts with the same tokens, the backbone
+runs that shared prefix once (batch of one) and the sequences' remaining tokens attend to its
+keys and values, expanded over the batch. Gradients flow back through the expansion, so the
+loss and the gradients equal those of the full batch; only the repeated prefix work is saved.
+
 One step is one optimizer update over batch_size * gradient_accumulation_steps * world_size
 sequences. Its loss is the sum of token losses divided by the step's supervised-token count,
 which every rank computes from the shared batch plan, so gradients summed across ranks
@@ -17,6 +23,7 @@ accelerate launch: gloo on CPU, nccl on CUDA. Only rank 0 writes checkpoints and
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -166,27 +173,71 @@ def head_cross_entropy(hidden, weight, targets, softcap: float | None = None):
     return _HeadCrossEntropy.apply(hidden, weight, targets, softcap, need_grad)
 
 
+# A shared prefix shorter than this is not worth a second backbone call.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(input_ids, labels) -> int:
+    """Return how many leading tokens every row shares, up to the first supervised position.
+
+    The prefix stops one token before the earliest supervised label of any row, so that every
+    hidden state the loss needs (the one before each supervised token) lies after the prefix.
+    """
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(dim=0)
+    common = int(same.long().cumprod(0).sum())
+    supervised = labels != IGNORE_INDEX
+    if not bool(supervised.any()):
+        return 0
+    # argmax finds the first True; rows without any supervised label cannot bound the prefix.
+    first = supervised.long().argmax(dim=1)[supervised.any(dim=1)]
+    return max(0, min(common, int(first.min()) - 1))
+
+
 class SupervisedLoss:
     """Run the backbone, gather the supervised positions and apply the LM head only there."""
 
-    def __init__(self, causal_lm):
+    def __init__(self, causal_lm, share_prefix: bool = True):
         self.backbone = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else causal_lm.model
         self.head = causal_lm.get_output_embeddings()
         config = causal_lm.config
         self.softcap = getattr(config, "final_logit_softcapping", None) or None
+        self.share_prefix = share_prefix
+        # transformers 5.25 renamed the cache argument and output from past_key_values.
+        parameters = inspect.signature(self.backbone.forward).parameters
+        self._cache_name = "cache" if "cache" in parameters else "past_key_values"
         if self.head is None or getattr(self.head, "bias", None) is not None:
             raise ValueError("the base model's LM head must be a bias-free linear layer")
 
     def __call__(self, input_ids, labels):
         """Return (summed loss, supervised target count) for a right-padded micro-batch."""
-        # No attention mask: with right padding and causal attention, real tokens never see
-        # the pads that follow them, and the pads' own outputs are never gathered.
-        hidden = self.backbone(input_ids=input_ids, use_cache=False).last_hidden_state
+        shared = shared_prefix_length(input_ids, labels) if self.share_prefix else 0
+        if shared >= MIN_SHARED_PREFIX:
+            hidden = self._hidden_after_prefix(input_ids, shared)
+            labels = labels[:, shared:]
+        else:
+            # No attention mask: with right padding and causal attention, real tokens never
+            # see the pads that follow them, and the pads' own outputs are never gathered.
+            hidden = self.backbone(input_ids=input_ids, use_cache=False).last_hidden_state
         targets = labels[:, 1:]
         supervised = targets != IGNORE_INDEX
         rows = hidden[:, :-1][supervised]
         return head_cross_entropy(rows, self.head.weight, targets[supervised], self.softcap), \
             int(supervised.sum())
+
+    def _hidden_after_prefix(self, input_ids, shared: int):
+        """Hidden states of positions shared.. of every row, the first `shared` run once."""
+        prefix = self.backbone(input_ids=input_ids[:1, :shared], use_cache=True)
+        cache = getattr(prefix, self._cache_name)
+        batch = input_ids.shape[0]
+        for layer in cache.layers:
+            # expand() is a view: one copy of the prefix's keys and values serves every row,
+            # and its backward sums the rows' gradients into the single prefix pass.
+            layer.keys = layer.keys.expand(batch, -1, -1, -1)
+            layer.values = layer.values.expand(batch, -1, -1, -1)
+        return self.backbone(input_ids=input_ids[:, shared:], use_cache=True,
+                             **{self._cache_name: cache}).last_hidden_state
 
 
 def full_logits_loss(causal_lm, input_ids, labels):
@@ -239,7 +290,7 @@ class LoraTrainer:
         self.device = torch.device(self.dist.device)
 
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.loss_fn = SupervisedLoss(causal_lm)
+        self.loss_fn = SupervisedLoss(causal_lm, share_prefix=config.share_prefix)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.parameters:
             raise ValueError("the model has no trainable parameters; wrap it with peft first")
