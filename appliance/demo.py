@@ -45,6 +45,10 @@ class Preset:
     eval_limit: int | None       # held-out cases for the base and GGUF evals (None: all)
     eval_mode: str               # first | task | both
     peft_eval_limit: int         # held-out cases for the peft adapter eval (transformers)
+    # Eval decoding budget: a call or an answer of the shipped pack fits in about 120 tokens;
+    # the budget bounds what a rambling base model spends on a case.
+    eval_max_tokens: int = 200
+    eval_max_steps: int = 6      # model steps per task in the multi-step part
     train: dict = field(default_factory=dict)
     max_length: int = 1024
     # Balance floors ("dimension=value:count"): rare first decisions are oversampled so that
@@ -55,8 +59,8 @@ class Preset:
 PRESETS = {
     "quick": Preset(
         name="quick", tasks=49, step_samples=2, teacher_max_tokens=160, eval_limit=35,
-        eval_mode="both", peft_eval_limit=4,
-        train={"r": 16, "lora_alpha": 32, "epochs": 4.0, "batch_size": 8,
+        eval_mode="both", peft_eval_limit=4, eval_max_tokens=160, eval_max_steps=4,
+        train={"r": 16, "lora_alpha": 32, "epochs": 5.0, "batch_size": 8,
                "learning_rate": 5e-4, "eval_steps": 20, "save_steps": 50, "max_length": 1024},
         floors=["tool=escalate_to_officer:12", "tool=refuse:12", "tool=search_guidance:24"]),
     "full": Preset(
@@ -113,12 +117,13 @@ def run_demo(workspace: Workspace, preset: str = "quick", *, operator: str | Non
     from appliance.evaluation.runner import evaluate
     from appliance.runtimes import Sampling
 
-    greedy = Sampling(max_tokens=200)
+    greedy = Sampling(max_tokens=settings.eval_max_tokens)
 
     with stage("eval-base") as record:
         base_eval = evaluate(workspace, runtime_spec="embedded", prompt="full", tool_style="full",
                              sampling=greedy, mode=settings.eval_mode, limit=settings.eval_limit,
-                             label=f"{demo_id}-base-full-prompt", max_steps=6,
+                             label=f"{demo_id}-base-full-prompt",
+                             max_steps=settings.eval_max_steps,
                              progress=_eval_progress(notify, "eval-base"))
         record.update(eval_id=base_eval["id"], summary=_brief(base_eval))
 
@@ -158,7 +163,8 @@ def run_demo(workspace: Workspace, preset: str = "quick", *, operator: str | Non
         spec = f"llamacpp:{embedded_gguf_path()}+lora={gguf_lora}"
         gguf_eval = evaluate(workspace, runtime_spec=spec, prompt="compact", tool_style="compact",
                              sampling=greedy, mode=settings.eval_mode, limit=settings.eval_limit,
-                             label=f"{demo_id}-specialist-gguf", max_steps=6,
+                             label=f"{demo_id}-specialist-gguf",
+                             max_steps=settings.eval_max_steps,
                              progress=_eval_progress(notify, "eval-gguf"))
         record.update(eval_id=gguf_eval["id"], summary=_brief(gguf_eval),
                       peft_agreement=_agreement(peft_eval, gguf_eval))

@@ -74,13 +74,8 @@ def _reference_greedy(runtime, prompt: str, max_tokens: int) -> tuple[list[str],
     return texts, margins
 
 
-def test_batch_matches_single_greedy(runtime):
-    conversations = _conversations([0, 60, 120, 160])
-    sampling = Sampling(max_tokens=24)
-
-    single = [runtime.chat(messages, tools, sampling) for messages, tools in conversations]
-    batched = runtime.chat_batch(conversations, sampling)
-
+def _assert_agrees_with_single(runtime, conversations, single, batched, max_tokens) -> int:
+    """Check batched outputs against one-at-a-time ones; return how many are identical."""
     assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
     identical = 0
     for (messages, tools), one, many in zip(conversations, single, batched):
@@ -90,7 +85,7 @@ def test_batch_matches_single_greedy(runtime):
             assert one.finish_reason == many.finish_reason
             continue
         texts, margins = _reference_greedy(runtime, runtime.renderer.render_prompt(messages, tools),
-                                           sampling.max_tokens)
+                                           max_tokens)
         # The tokens diverge at or before the first step whose text stops being a prefix
         # (a token such as " " can be a text prefix of a different token " I").
         step = next((k for k, text in enumerate(texts) if not many.text.startswith(text)
@@ -99,7 +94,79 @@ def test_batch_matches_single_greedy(runtime):
         assert closest < NEAR_TIE_LOGITS, (
             f"outputs diverge by step {step}, where the closest top-two logit gap is "
             f"{closest:.3f}: {one.text!r} vs {many.text!r}")
-    assert identical >= 1
+    return identical
+
+
+def test_batch_matches_single_greedy(runtime):
+    conversations = _conversations([0, 60, 120, 160])
+    sampling = Sampling(max_tokens=24)
+
+    single = [runtime.chat(messages, tools, sampling) for messages, tools in conversations]
+    batched = runtime.chat_batch(conversations, sampling)
+
+    assert _assert_agrees_with_single(runtime, conversations, single, batched,
+                                      sampling.max_tokens) >= 1
+
+
+def test_batch_continues_conversations_from_their_cached_sequences(runtime):
+    conversations = _conversations([3, 63, 123])
+    sampling = Sampling(max_tokens=24)
+    first = runtime.chat_batch(conversations, sampling)
+    follow = [(messages + [{"role": "assistant", "content": generation.text},
+                           {"role": "user", "content": "Please answer in one sentence."}], tools)
+              for (messages, tools), generation in zip(conversations, first)]
+    decoder = runtime._decoder
+    before = decoder.evaluated_tokens
+
+    # In reverse order: each conversation must find its own sequence again.
+    batched = runtime.chat_batch(follow[::-1], sampling)[::-1]
+    evaluated = decoder.evaluated_tokens - before
+
+    assert runtime._decoder is decoder
+    tokens = [runtime.tokenize(runtime.renderer.render_prompt(*conversation))
+              for conversation in follow]
+    assert [g.prompt_tokens for g in batched] == [len(t) for t in tokens]
+    grown = sum(len(after) - len(runtime.tokenize(runtime.renderer.render_prompt(*earlier)))
+                for after, earlier in zip(tokens, conversations))
+    # Only the new turns (plus the first round's last tokens, re-tokenised) are evaluated.
+    assert evaluated <= grown + 8 * len(follow)
+
+
+def test_cached_sequence_decodes_like_the_same_evaluation_replayed(runtime):
+    """A conversation continued from its cached sequence decodes exactly as a fresh sequence
+    that evaluates the same tokens in the same chunks.
+
+    (Against a prefill of the whole prompt in one chunk, logits can differ by tenths: ggml
+    picks other CPU kernels for chunks of many rows than for one row.)
+    """
+    from appliance.runtimes.llamacpp import common_prefix_length
+
+    (messages, tools), = _conversations([64])
+    runtime.chat_batch([(messages, tools)], Sampling(max_tokens=1))
+    decoder = runtime._decoder
+    start = runtime.tokenize(runtime.renderer.render_prompt(messages, tools))
+    greedy = Sampling(max_tokens=24)
+    one = Sampling(max_tokens=1)
+
+    decoder._clear_slots()
+    (text, _, _, _), = decoder.generate([start], greedy, [])
+    follow = runtime.tokenize(runtime.renderer.render_prompt(
+        messages + [{"role": "assistant", "content": text},
+                    {"role": "user", "content": "Please answer in one sentence."}], tools))
+    keep = common_prefix_length(decoder._slots[0], follow)
+    assert len(start) <= keep < len(follow)
+    before = decoder.evaluated_tokens
+    continued = decoder.generate([follow], greedy, [])
+    assert decoder.evaluated_tokens - before == len(follow) - keep
+
+    # Replay: the first prompt as one chunk, the reused generated tokens one at a time (as
+    # they were decoded), then the new turns as one chunk.
+    decoder._clear_slots()
+    decoder.generate([start], one, [])
+    for position in range(len(start), keep):
+        decoder.generate([follow[:position + 1]], one, [])
+    replayed = decoder.generate([follow], greedy, [])
+    assert continued[0][:3] == replayed[0][:3]
 
 
 def test_batch_reuses_context_across_calls(runtime):

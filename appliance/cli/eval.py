@@ -41,7 +41,7 @@ def command():
 @click.option("--temperature", type=float, default=0.0, show_default=True,
               help="Sampling temperature (0 is greedy).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-@click.option("--batch-size", type=int, default=8, show_default=True,
+@click.option("--batch-size", type=int, default=16, show_default=True,
               help="Cases generated together in the first-decision part.")
 @click.option("--max-steps", type=int, default=8, show_default=True,
               help="Max model steps per task in the multi-step part.")

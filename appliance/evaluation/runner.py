@@ -278,7 +278,7 @@ def run_tasks(cases: list[EvalCase], runtime: Runtime, pack: Pack, prompt: str,
 
 def evaluate(workspace: Workspace, *, evalset: str | os.PathLike | None = None, runtime_spec: str = "embedded",
              prompt: str = "full", tool_style: str = "full", sampling: Sampling | None = None,
-             mode: str = "both", batch_size: int = 8, limit: int | None = None,
+             mode: str = "both", batch_size: int = 16, limit: int | None = None,
              progress: Progress | None = None, label: str | None = None,
              pack: str | Pack | None = None, max_steps: int = 8,
              runtime: Runtime | None = None) -> dict:

@@ -156,7 +156,7 @@ class LlamaCppRuntime(CompletionRuntime):
         with self._lock:
             for start in range(0, len(token_lists), MAX_BATCH_SEQUENCES):
                 group = token_lists[start:start + MAX_BATCH_SEQUENCES]
-                decoder = self._batch_decoder(len(group), kv_cells_needed(group, sampling.max_tokens))
+                decoder = self._batch_decoder(len(group), group, sampling.max_tokens)
                 for tokens, (text, completion_tokens, finish, latency) in zip(
                         group, decoder.generate(group, sampling, self.renderer.stop)):
                     generations.append(Generation.from_text(
@@ -165,17 +165,27 @@ class LlamaCppRuntime(CompletionRuntime):
                         finish_reason=finish))
         return generations
 
-    def _batch_decoder(self, n_sequences: int, kv_cells: int) -> "BatchDecoder":
-        """Return the batch context, recreated only when it is too small for this group."""
+    def _batch_decoder(self, n_sequences: int, group: list[list[int]],
+                       max_tokens: int) -> "BatchDecoder":
+        """Return the batch context, recreated only when it is too small for this group.
+
+        A new context loses the cached shared prefix (thousands of tokens with the full
+        prompt) and each sequence's cached conversation. So the context is sized for a full
+        group of MAX_BATCH_SEQUENCES rows like this one, and a small first call, such as a
+        warm-up, does not force a second context.
+        """
         decoder = getattr(self, "_decoder", None)
-        if decoder is not None and decoder.fits(n_sequences, kv_cells):
+        if decoder is not None and decoder.fits(n_sequences, decoder.cells_needed(group, max_tokens)):
             return decoder
         if decoder is not None:
             decoder.close()
+        kv_cells = max(kv_cells_needed(group, max_tokens),
+                       kv_cells_needed(group, max_tokens, MAX_BATCH_SEQUENCES))
         # Headroom so that a slightly longer group next time reuses the context.
         cells = -(-int(kv_cells * 1.25) // 256) * 256
         self._decoder = BatchDecoder(self._llm, self._llm.context_params,
-                                     max(n_sequences, getattr(decoder, "n_sequences", 0)), cells)
+                                     max(n_sequences, MAX_BATCH_SEQUENCES,
+                                         getattr(decoder, "n_sequences", 0)), cells)
         return self._decoder
 
     def close(self) -> None:
@@ -188,12 +198,18 @@ class LlamaCppRuntime(CompletionRuntime):
 
 
 def common_prefix_length(first: list[int], second: list[int]) -> int:
-    length = 0
-    for a, b in zip(first, second):
-        if a != b:
-            break
-        length += 1
-    return length
+    """Return the length of the common prefix, found by bisecting with slice comparisons."""
+    limit = min(len(first), len(second))
+    if first[:limit] == second[:limit]:
+        return limit
+    low, high = 0, limit            # first[:low] matches, first[:high] does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if first[low:middle] == second[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def shared_prefix_length(prompts: list[list[int]]) -> int:
@@ -204,10 +220,16 @@ def shared_prefix_length(prompts: list[list[int]]) -> int:
     return max(length, 0)
 
 
-def kv_cells_needed(prompts: list[list[int]], max_tokens: int) -> int:
-    """KV cells a group needs when the shared prefix is stored once."""
+def kv_cells_needed(prompts: list[list[int]], max_tokens: int, rows: int | None = None) -> int:
+    """KV cells a group needs when the shared prefix is stored once.
+
+    With `rows`, the cells for that many rows, each as long as the group's longest.
+    """
     prefix = shared_prefix_length(prompts)
-    return prefix + sum(len(prompt) - prefix + max_tokens for prompt in prompts)
+    own = [len(prompt) - prefix + max_tokens for prompt in prompts]
+    if rows is not None:
+        return prefix + max(own) * max(rows, len(prompts))
+    return prefix + sum(own)
 
 
 class BatchDecoder:
@@ -217,12 +239,15 @@ class BatchDecoder:
     cache is unified (kv_unified on). The prompts' shared prefix, usually the system prompt
     with the tool listing, is evaluated once into a reserved cache sequence and kept
     between calls like Llama's own prefix cache. llama_memory_seq_cp then gives it to every
-    sequence by tagging the same cells with more sequence ids.
+    sequence by tagging the same cells with more sequence ids. Each sequence also keeps its
+    last prompt and generation, and a later prompt that continues it (or shares more than
+    the prefix with it) evaluates only the tokens after the common part.
 
     NOTE: attention settings follow the Llama context (flash attention on, full-size SWA
-    cache), so both paths compute alike. With a long shared prompt the per-row attention
-    over that cache dominates a CPU step, and batching then gains little. A window-sized
-    SWA cache would cut that cost, but it breaks the prefix reuse between calls.
+    cache), so both paths compute alike. Greedy outputs can still differ from `chat` at
+    near ties, because ggml's CPU kernels for chunks of many rows sum in another order
+    than those for one row, so the same tokens evaluated in other chunks give logits that
+    differ in the last digits (up to a few tenths were seen).
     """
 
     def __init__(self, llm, base_params, n_sequences: int, kv_cells: int):
@@ -234,6 +259,9 @@ class BatchDecoder:
         self.kv_cells = kv_cells
         self._prefix_sequence = n_sequences          # the reserved cache sequence
         self._cached_prefix: list[int] = []
+        # Tokens whose keys and values each sequence contains, kept between calls.
+        self._slots: list[list[int]] = [[] for _ in range(n_sequences)]
+        self.evaluated_tokens = 0        # prompt tokens decoded so far (prefix included)
         params = type(base_params).from_buffer_copy(base_params)
         params.n_seq_max = n_sequences + 1
         params.n_ctx = kv_cells
@@ -262,6 +290,7 @@ class BatchDecoder:
 
     def _evaluate(self, entries: list[tuple[int, int, int, bool]], on_logits) -> None:
         """Decode (sequence, position, token, wants_logits) entries in capacity-sized batches."""
+        self.evaluated_tokens += len(entries)
         for offset in range(0, len(entries), self._batch_capacity):
             chunk = entries[offset:offset + self._batch_capacity]
             for index, (sequence, position, token, logits) in enumerate(chunk):
@@ -271,10 +300,15 @@ class BatchDecoder:
                 if logits:
                     on_logits(sequence, index)
 
-    def _load_prefix(self, prefix: list[int]) -> None:
-        """Bring the cache sequence to exactly `prefix`, evaluating only what is new."""
+    def _load_prefix(self, prefix: list[int]) -> bool:
+        """Bring the cache sequence to exactly `prefix`, evaluating only what is new.
+
+        Returns whether the sequence changed.
+        """
         api = self._api
         keep = common_prefix_length(self._cached_prefix, prefix)
+        if keep == len(self._cached_prefix) == len(prefix):
+            return False
         # Drop everything from `keep` on, including cells of an evaluation that failed halfway.
         if not api.llama_memory_seq_rm(self._memory, self._prefix_sequence, keep, -1):
             api.llama_memory_seq_rm(self._memory, self._prefix_sequence, -1, -1)
@@ -283,6 +317,7 @@ class BatchDecoder:
         self._evaluate([(self._prefix_sequence, position, prefix[position], False)
                         for position in range(keep, len(prefix))], None)
         self._cached_prefix = list(prefix)
+        return True
 
     def _sampler(self, sampling: Sampling):
         """Build the sampler chain that Llama.create_completion builds for these settings."""
@@ -319,65 +354,127 @@ class BatchDecoder:
             raise RuntimeFailure(f"llama_decode failed with status {status} on a batch of "
                                  f"{n_tokens} tokens")
 
+    def prefix_for(self, prompts: list[list[int]]) -> int:
+        """Return how many leading tokens of every prompt come from the prefix sequence.
+
+        The cached prefix is kept while every prompt still starts with it, because a group
+        of one prompt would otherwise count that whole prompt as shared. Otherwise the
+        prefix is the prompts' common prefix.
+        """
+        cached = self._cached_prefix
+        if cached and all(len(prompt) > len(cached) and prompt[:len(cached)] == cached
+                          for prompt in prompts):
+            return len(cached)
+        return shared_prefix_length(prompts)
+
+    def cells_needed(self, prompts: list[list[int]], max_tokens: int) -> int:
+        prefix = self.prefix_for(prompts)
+        return prefix + sum(len(prompt) - prefix + max_tokens for prompt in prompts)
+
+    def _clear_slots(self) -> None:
+        for sequence in range(self.n_sequences):
+            self._api.llama_memory_seq_rm(self._memory, sequence, -1, -1)
+        self._slots = [[] for _ in range(self.n_sequences)]
+
+    def _seat(self, prompts: list[list[int]], prefix_length: int) -> list[tuple[int, int]]:
+        """Assign each prompt a cache sequence; return (sequence, tokens already cached) per prompt.
+
+        A sequence keeps the tokens of its last prompt and generation between calls, so the
+        next step of the same conversation (the old prompt, the action, the tool result)
+        evaluates only what is new. Each prompt takes the free sequence whose cached tokens
+        share the longest prefix with it. Sequences that no prompt takes are emptied, which
+        keeps the cells in use within cells_needed.
+        """
+        api = self._api
+        free = list(range(self.n_sequences))
+        seats = []
+        for prompt in prompts:
+            best = max(free, key=lambda s: (common_prefix_length(self._slots[s], prompt), -s))
+            free.remove(best)
+            keep = min(common_prefix_length(self._slots[best], prompt), len(prompt) - 1)
+            if keep < prefix_length:
+                # Nothing reusable beyond the shared prefix: take the prefix sequence's cells.
+                api.llama_memory_seq_rm(self._memory, best, -1, -1)
+                api.llama_memory_seq_cp(self._memory, self._prefix_sequence, best, -1, -1)
+                keep = prefix_length
+            else:
+                api.llama_memory_seq_rm(self._memory, best, keep, -1)
+            self._slots[best] = list(prompt[:keep])
+            seats.append((best, keep))
+        for sequence in free:
+            api.llama_memory_seq_rm(self._memory, sequence, -1, -1)
+            self._slots[sequence] = []
+        return seats
+
     def generate(self, prompts: list[list[int]], sampling: Sampling,
                  stop: list[str]) -> list[tuple[str, int, str, float]]:
         """Return (text, completion tokens, finish reason, seconds) per prompt, in order."""
         api = self._api
         started = time.perf_counter()
         count = len(prompts)
-        for sequence in range(self.n_sequences):
-            api.llama_memory_seq_rm(self._memory, sequence, -1, -1)
-        prefix_length = shared_prefix_length(prompts)
-        self._load_prefix(prompts[0][:prefix_length])
-        for sequence in range(count):
-            api.llama_memory_seq_cp(self._memory, self._prefix_sequence, sequence, -1, -1)
-        samplers = [self._sampler(sampling) for _ in range(count)]
-        generated: list[list[int]] = [[] for _ in range(count)]
-        texts = [""] * count
-        finish = ["length"] * count
-        latency = [0.0] * count
-        pending: dict[int, int] = {}          # sequence -> its next token to decode
-
-        def accept(sequence: int, batch_index: int) -> None:
-            # llama_sampler_sample also accepts the token (repeat penalties see it).
-            token = api.llama_sampler_sample(samplers[sequence], self._ctx, batch_index)
-            done = api.llama_vocab_is_eog(self._vocab, token)
-            if not done:
-                generated[sequence].append(token)
-                text = self._llm.detokenize(generated[sequence]).decode("utf-8", errors="ignore")
-                cut = min((text.find(marker) for marker in stop if marker in text), default=-1)
-                if cut >= 0:
-                    texts[sequence] = text[:cut]
-                    done = True
-                else:
-                    texts[sequence] = text
-            if done:
-                finish[sequence] = "stop"
-            elif len(generated[sequence]) >= sampling.max_tokens:
-                done = True
-            if done:
-                latency[sequence] = time.perf_counter() - started
-            else:
-                pending[sequence] = token
-
+        samplers: list = []
         try:
-            # Prompt evaluation after the shared prefix: all suffixes packed into batches;
-            # only the last token of each prompt requests logits.
+            prefix_length = self.prefix_for(prompts)
+            if self._load_prefix(prompts[0][:prefix_length]):
+                # Sequences may hold cells of the old prefix; start them all afresh.
+                self._clear_slots()
+            seats = self._seat(prompts, prefix_length)
+            samplers = [self._sampler(sampling) for _ in range(count)]
+            generated: list[list[int]] = [[] for _ in range(count)]
+            texts = [""] * count
+            finish = ["length"] * count
+            latency = [0.0] * count
+            pending: dict[int, int] = {}          # prompt index -> its next token to decode
+            by_sequence = {sequence: index for index, (sequence, _) in enumerate(seats)}
+
+            def accept(sequence: int, batch_index: int) -> None:
+                index = by_sequence[sequence]
+                # llama_sampler_sample also accepts the token (repeat penalties see it).
+                token = api.llama_sampler_sample(samplers[index], self._ctx, batch_index)
+                done = api.llama_vocab_is_eog(self._vocab, token)
+                if not done:
+                    generated[index].append(token)
+                    text = self._llm.detokenize(generated[index]).decode("utf-8", errors="ignore")
+                    cut = min((text.find(marker) for marker in stop if marker in text), default=-1)
+                    if cut >= 0:
+                        texts[index] = text[:cut]
+                        done = True
+                    else:
+                        texts[index] = text
+                if done:
+                    finish[index] = "stop"
+                elif len(generated[index]) >= sampling.max_tokens:
+                    done = True
+                if done:
+                    latency[index] = time.perf_counter() - started
+                else:
+                    pending[index] = token
+
+            # Prompt evaluation after what each sequence has cached: all packed into
+            # batches; only the last token of each prompt requests logits.
             entries = [(sequence, position, tokens[position], position == len(tokens) - 1
                         and sampling.max_tokens > 0)
-                       for sequence, tokens in enumerate(prompts)
-                       for position in range(prefix_length, len(tokens))]
+                       for tokens, (sequence, keep) in zip(prompts, seats)
+                       for position in range(keep, len(tokens))]
             self._evaluate(entries, accept)
+            for tokens, (sequence, _) in zip(prompts, seats):
+                self._slots[sequence] = list(tokens)
 
             # Generation: one token of every unfinished sequence per llama_decode call.
             while pending:
                 order = sorted(pending)
-                for index, sequence in enumerate(order):
-                    position = len(prompts[sequence]) + len(generated[sequence]) - 1
-                    self._add(index, pending.pop(sequence), position, sequence, True)
+                for batch_index, index in enumerate(order):
+                    sequence = seats[index][0]
+                    token = pending.pop(index)
+                    self._add(batch_index, token, len(self._slots[sequence]), sequence, True)
+                    self._slots[sequence].append(token)
                 self._decode(len(order))
-                for index, sequence in enumerate(order):
-                    accept(sequence, index)
+                for batch_index, index in enumerate(order):
+                    accept(seats[index][0], batch_index)
+        except BaseException:
+            # The sequences' cells may no longer match _slots, so empty them all.
+            self._clear_slots()
+            raise
         finally:
             for chain in samplers:
                 api.llama_sampler_free(chain)

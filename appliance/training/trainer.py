@@ -232,8 +232,8 @@ class SupervisedLoss:
         cache = getattr(prefix, self._cache_name)
         batch = input_ids.shape[0]
         for layer in cache.layers:
-            # expand() is a view: one copy of the prefix's keys and values serves every row,
-            # and its backward sums the rows' gradients into the single prefix pass.
+            # expand() returns a view, so one copy of the prefix's keys and values serves
+            # every row. Its backward pass sums the rows' gradients into the prefix pass.
             layer.keys = layer.keys.expand(batch, -1, -1, -1)
             layer.values = layer.values.expand(batch, -1, -1, -1)
         return self.backbone(input_ids=input_ids[:, shared:], use_cache=True,
