@@ -179,8 +179,7 @@ class LlamaCppRuntime(CompletionRuntime):
             return decoder
         if decoder is not None:
             decoder.close()
-        kv_cells = max(kv_cells_needed(group, max_tokens),
-                       kv_cells_needed(group, max_tokens, MAX_BATCH_SEQUENCES))
+        kv_cells = kv_cells_needed(group, max_tokens, rows=MAX_BATCH_SEQUENCES)
         # Headroom so that a slightly longer group next time reuses the context.
         cells = -(-int(kv_cells * 1.25) // 256) * 256
         self._decoder = BatchDecoder(self._llm, self._llm.context_params,
@@ -220,12 +219,15 @@ def shared_prefix_length(prompts: list[list[int]]) -> int:
     return max(length, 0)
 
 
-def kv_cells_needed(prompts: list[list[int]], max_tokens: int, rows: int | None = None) -> int:
-    """KV cells a group needs when the shared prefix is stored once.
+def kv_cells_needed(prompts: list[list[int]], max_tokens: int, rows: int | None = None,
+                    prefix: int | None = None) -> int:
+    """Return the KV cells a group needs when its first `prefix` tokens are stored once.
 
-    With `rows`, the cells for that many rows, each as long as the group's longest.
+    `prefix` defaults to the prompts' common prefix. With `rows`, the result covers at
+    least that many rows, each as long as the group's longest.
     """
-    prefix = shared_prefix_length(prompts)
+    if prefix is None:
+        prefix = shared_prefix_length(prompts)
     own = [len(prompt) - prefix + max_tokens for prompt in prompts]
     if rows is not None:
         return prefix + max(own) * max(rows, len(prompts))
@@ -368,8 +370,8 @@ class BatchDecoder:
         return shared_prefix_length(prompts)
 
     def cells_needed(self, prompts: list[list[int]], max_tokens: int) -> int:
-        prefix = self.prefix_for(prompts)
-        return prefix + sum(len(prompt) - prefix + max_tokens for prompt in prompts)
+        """Return the KV cells `generate` would use for these prompts in this context."""
+        return kv_cells_needed(prompts, max_tokens, prefix=self.prefix_for(prompts))
 
     def _clear_slots(self) -> None:
         for sequence in range(self.n_sequences):
@@ -389,11 +391,14 @@ class BatchDecoder:
         free = list(range(self.n_sequences))
         seats = []
         for prompt in prompts:
-            best = max(free, key=lambda s: (common_prefix_length(self._slots[s], prompt), -s))
+            # The longest match wins, and the lowest sequence number breaks ties.
+            shared, best = max((common_prefix_length(self._slots[sequence], prompt), -sequence)
+                               for sequence in free)
+            best = -best
             free.remove(best)
-            keep = min(common_prefix_length(self._slots[best], prompt), len(prompt) - 1)
+            keep = min(shared, len(prompt) - 1)
             if keep < prefix_length:
-                # Nothing reusable beyond the shared prefix: take the prefix sequence's cells.
+                # Nothing is reusable beyond the shared prefix, so take the prefix sequence's cells.
                 api.llama_memory_seq_rm(self._memory, best, -1, -1)
                 api.llama_memory_seq_cp(self._memory, self._prefix_sequence, best, -1, -1)
                 keep = prefix_length
@@ -416,7 +421,7 @@ class BatchDecoder:
         try:
             prefix_length = self.prefix_for(prompts)
             if self._load_prefix(prompts[0][:prefix_length]):
-                # Sequences may hold cells of the old prefix; start them all afresh.
+                # Sequences may contain cells of the old prefix, so empty them all.
                 self._clear_slots()
             seats = self._seat(prompts, prefix_length)
             samplers = [self._sampler(sampling) for _ in range(count)]
@@ -450,8 +455,8 @@ class BatchDecoder:
                 else:
                     pending[index] = token
 
-            # Prompt evaluation after what each sequence has cached: all packed into
-            # batches; only the last token of each prompt requests logits.
+            # Each prompt is evaluated from where its sequence's cache ends, all packed into
+            # batches. Only the last token of each prompt requests logits.
             entries = [(sequence, position, tokens[position], position == len(tokens) - 1
                         and sampling.max_tokens > 0)
                        for tokens, (sequence, keep) in zip(prompts, seats)

@@ -318,7 +318,10 @@ def _close(a: float, b: float) -> bool:
 
 
 def _direct_figures(view: TraceView) -> tuple[list[float], list[float], list[float]]:
-    """Return (looked-up values, request numbers and rate names, guidance numbers)."""
+    """Return the figures an answer may state directly.
+
+    These are (looked-up values, request numbers and rate names, guidance numbers).
+    """
     looked_up = []
     rate_names = []
     for record in view.calls_named("lookup_rate"):
@@ -326,20 +329,20 @@ def _direct_figures(view: TraceView) -> tuple[list[float], list[float], list[flo
             looked_up.append(float(record.result["value"]))
             # "the first 2 hours of overtime" names the overtime_first_2h rate, not a figure.
             rate_names += _all_numbers(str(record.result.get("rate_type", "")))
-    given = _all_numbers(view.request) + rate_names
+    request_figures = _all_numbers(view.request) + rate_names
     guidance = []
     for record in view.calls_named("search_guidance"):
         if isinstance(record.result, dict):
             for passage in record.result.get("passages") or []:
                 guidance += _all_numbers(str(passage.get("text", "")))
-    return looked_up, given, guidance
+    return looked_up, request_figures, guidance
 
 
-def _derived_figures(looked_up: list[float], given: list[float]) -> list[float]:
-    """Products, sums and percentage applications of looked-up values."""
+def _derived_figures(looked_up: list[float], request_figures: list[float]) -> list[float]:
+    """Return products, sums and percentage applications of looked-up values."""
     # NOTE: with many operands a made-up figure can match a product by chance. The set stays
     # small in practice (a few lookups and request numbers), which keeps that unlikely.
-    operands = looked_up + given
+    operands = looked_up + request_figures
     derived = set()
     for a in looked_up:
         derived.add(a / 100)
@@ -351,25 +354,19 @@ def _derived_figures(looked_up: list[float], given: list[float]) -> list[float]:
     return sorted(derived)
 
 
-def supported_figures(view: TraceView) -> list[float]:
-    """Return the figures an answer may state: looked-up values, request and guidance
-    numbers, and products, sums and percentage applications of looked-up values."""
-    looked_up, given, guidance = _direct_figures(view)
-    return looked_up + given + guidance + _derived_figures(looked_up, given)
-
-
 def unsupported_figures(view: TraceView, text: str) -> list[float]:
+    """Return the figures in `text` that neither a direct figure nor a derived one supports."""
     stated = figures(text)
     if not stated:
         return []
-    looked_up, given, guidance = _direct_figures(view)
-    direct = looked_up + given + guidance
-    # Most answers repeat a looked-up value; the derived set (quadratic in the operands)
-    # is built only when some figure is not one of the direct values.
+    looked_up, request_figures, guidance = _direct_figures(view)
+    direct = looked_up + request_figures + guidance
+    # A final answer usually repeats a looked-up value, so the derived set (quadratic in
+    # the operands) is built only when some figure is not one of the direct values.
     remaining = [figure for figure in stated if not any(_close(figure, value) for value in direct)]
     if not remaining:
         return []
-    derived = _derived_figures(looked_up, given)
+    derived = _derived_figures(looked_up, request_figures)
     return [figure for figure in remaining if not any(_close(figure, value) for value in derived)]
 
 
