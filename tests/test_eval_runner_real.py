@@ -78,22 +78,22 @@ def _assert_agrees_with_single(runtime, conversations, single, batched, max_toke
     """Check batched outputs against one-at-a-time ones; return how many are identical."""
     assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
     identical = 0
-    for (messages, tools), one, many in zip(conversations, single, batched):
-        if one.text == many.text:
+    for (messages, tools), solo, grouped in zip(conversations, single, batched):
+        if solo.text == grouped.text:
             identical += 1
-            assert one.completion_tokens == many.completion_tokens
-            assert one.finish_reason == many.finish_reason
+            assert solo.completion_tokens == grouped.completion_tokens
+            assert solo.finish_reason == grouped.finish_reason
             continue
         texts, margins = _reference_greedy(runtime, runtime.renderer.render_prompt(messages, tools),
                                            max_tokens)
         # The tokens diverge at or before the first step whose text stops being a prefix
         # (a token such as " " can be a text prefix of a different token " I").
-        step = next((k for k, text in enumerate(texts) if not many.text.startswith(text)
-                     and not text.startswith(many.text)), len(texts) - 1)
+        step = next((k for k, text in enumerate(texts) if not grouped.text.startswith(text)
+                     and not text.startswith(grouped.text)), len(texts) - 1)
         closest = min(margins[:step + 1])
         assert closest < NEAR_TIE_LOGITS, (
             f"outputs diverge by step {step}, where the closest top-two logit gap is "
-            f"{closest:.3f}: {one.text!r} vs {many.text!r}")
+            f"{closest:.3f}: {solo.text!r} vs {grouped.text!r}")
     return identical
 
 
@@ -108,7 +108,7 @@ def test_batch_matches_single_greedy(runtime):
                                       sampling.max_tokens) >= 1
 
 
-def test_batch_continues_conversations_from_their_cached_sequences(runtime):
+def test_batch_reuses_cached_conversations(runtime):
     conversations = _conversations([3, 63, 123])
     sampling = Sampling(max_tokens=24)
     first = runtime.chat_batch(conversations, sampling)
@@ -132,7 +132,7 @@ def test_batch_continues_conversations_from_their_cached_sequences(runtime):
     assert evaluated <= grown + 8 * len(follow)
 
 
-def test_cached_sequence_decodes_like_the_same_evaluation_replayed(runtime):
+def test_cached_sequence_matches_replay(runtime):
     """A conversation continued from its cached sequence decodes exactly as a fresh sequence
     that evaluates the same tokens in the same chunks.
 
@@ -146,7 +146,7 @@ def test_cached_sequence_decodes_like_the_same_evaluation_replayed(runtime):
     decoder = runtime._decoder
     start = runtime.tokenize(runtime.renderer.render_prompt(messages, tools))
     greedy = Sampling(max_tokens=24)
-    one = Sampling(max_tokens=1)
+    one_token = Sampling(max_tokens=1)
 
     decoder._clear_slots()
     (text, _, _, _), = decoder.generate([start], greedy, [])
@@ -162,9 +162,9 @@ def test_cached_sequence_decodes_like_the_same_evaluation_replayed(runtime):
     # Replay: the first prompt as one chunk, the reused generated tokens one at a time (as
     # they were decoded), then the new turns as one chunk.
     decoder._clear_slots()
-    decoder.generate([start], one, [])
+    decoder.generate([start], one_token, [])
     for position in range(len(start), keep):
-        decoder.generate([follow[:position + 1]], one, [])
+        decoder.generate([follow[:position + 1]], one_token, [])
     replayed = decoder.generate([follow], greedy, [])
     assert continued[0][:3] == replayed[0][:3]
 

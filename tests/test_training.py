@@ -205,7 +205,7 @@ def lora_gemma(softcap: float | None = 30.0):
 
 
 @pytest.mark.parametrize("softcap", [None, 30.0])
-def test_shared_prefix_loss_and_gradients_equal_full_batch(softcap):
+def test_shared_prefix_matches_full_batch(softcap):
     model = lora_gemma(softcap)
     examples = shared_prefix_batch()
     input_ids, labels = collate(examples, [0, 1, 2, 3], pad_id=0)
@@ -225,13 +225,14 @@ def test_shared_prefix_loss_and_gradients_equal_full_batch(softcap):
 
     assert shared_count == plain_count == sum(e.supervised_targets for e in examples)
     assert torch.allclose(shared, plain, rtol=1e-5, atol=1e-4)
-    assert shared_grads.keys() == plain_grads.keys() and shared_grads
+    assert shared_grads
+    assert shared_grads.keys() == plain_grads.keys()
     for name, grad in shared_grads.items():
         assert torch.allclose(grad, plain_grads[name], rtol=1e-4, atol=1e-5), name
         assert grad.abs().sum() > 0, name
 
 
-def test_shared_prefix_stops_before_first_supervised_token():
+def test_shared_prefix_stops_before_labels():
     ids = torch.tensor([[5] * 30 + [6, 7], [5] * 30 + [8, 9]])
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[0, 20:] = ids[0, 20:]

@@ -88,8 +88,8 @@ def _config_file(path: str | None) -> dict:
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
               help="Compute dtype; auto picks bf16 on CUDA and on CPUs with AMX or AVX-512 BF16.")
 @click.option("--share-prefix/--no-share-prefix", default=None,
-              help="Run a micro-batch's common leading tokens once [default: on]; the loss "
-                   "and gradients are the same either way.")
+              help="Run a micro-batch's common leading tokens once [default: on]. Without "
+                   "LoRA dropout the loss and gradients are the same either way.")
 @click.option("--pick-by", default="accuracy", show_default=True,
               help="Eval metric that picks the A/B winner: a main metric, rule:<id> or "
                    "category:<name>. Without eval results the lowest validation loss wins.")

@@ -49,7 +49,7 @@ class TrainConfig:
     # loss worse in short runs of benchmarks/bench_training.py.
     length_group_factor: int = 8
     # Run a micro-batch's common leading tokens (system prompt, tool list) once instead of
-    # once per sequence; the loss and gradients are the same either way.
+    # once per sequence. Without LoRA dropout the loss and gradients are the same either way.
     share_prefix: bool = True
 
     def __post_init__(self) -> None:

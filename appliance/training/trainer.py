@@ -9,8 +9,9 @@ alone, in chunks, computing the gradient for the hidden states in the same pass.
 Examples rendered from one pack start with the same system prompt and tool list, often most
 of their tokens. When every sequence of a micro-batch starts with the same tokens, the backbone
 runs that shared prefix once (batch of one) and the sequences' remaining tokens attend to its
-keys and values, expanded over the batch. Gradients flow back through the expansion, so the
-loss and the gradients equal those of the full batch; only the repeated prefix work is saved.
+keys and values, expanded over the batch. Gradients flow back through the expansion, so
+without LoRA dropout the loss and gradients equal those of the full batch. With dropout, the
+rows share one dropout mask on the prefix.
 
 One step is one optimizer update over batch_size * gradient_accumulation_steps * world_size
 sequences. Its loss is the sum of token losses divided by the step's supervised-token count,
@@ -190,7 +191,7 @@ def shared_prefix_length(input_ids, labels) -> int:
     supervised = labels != IGNORE_INDEX
     if not bool(supervised.any()):
         return 0
-    # argmax finds the first True; rows without any supervised label cannot bound the prefix.
+    # argmax finds the first True. Rows without any supervised label cannot bound the prefix.
     first = supervised.long().argmax(dim=1)[supervised.any(dim=1)]
     return max(0, min(common, int(first.min()) - 1))
 
@@ -227,7 +228,10 @@ class SupervisedLoss:
             int(supervised.sum())
 
     def _hidden_after_prefix(self, input_ids, shared: int):
-        """Hidden states of positions shared.. of every row, the first `shared` run once."""
+        """Return the hidden states of every row from position `shared` on.
+
+        The first `shared` tokens run once, as a batch of one.
+        """
         prefix = self.backbone(input_ids=input_ids[:1, :shared], use_cache=True)
         cache = getattr(prefix, self._cache_name)
         batch = input_ids.shape[0]
